@@ -1,0 +1,1 @@
+"""CollectionLoRA Bench: CLI, configs and presets, EffectBench, the synthetic world, results store."""

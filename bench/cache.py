@@ -1,0 +1,78 @@
+"""Content-addressed artifact cache (base model, teacher LoRAs, synthetic datasets, ...).
+
+An artifact lives in ``<root>/<kind>/<key>/`` where ``key`` hashes the resolved config that
+produced it. It is built in a temporary directory under an exclusive file lock and renamed
+into place only when complete, so a crash never leaves a half-written artifact and concurrent
+jobs (e.g. SLURM array tasks) build it once instead of racing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+DONE = "DONE"
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "collectionlora-bench"))
+
+
+class ArtifactCache:
+    def __init__(self, root: str | Path | None = None, *, verbose: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.verbose = verbose
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def exists(self, kind: str, key: str) -> bool:
+        return (self.path(kind, key) / DONE).exists()
+
+    def get_or_build(self, kind: str, key: str, build: Callable[[Path], None], *,
+                     config: dict[str, Any] | None = None, label: str | None = None) -> Path:
+        """Return the artifact directory, calling ``build(tmp_dir)`` once if it is missing."""
+        final = self.path(kind, key)
+        label = label or f"{kind} {key}"
+        if (final / DONE).exists():
+            self._say(f"cached   {label}")
+            return final
+        with self._lock(kind, key):
+            if (final / DONE).exists():  # built by another process while we waited
+                self._say(f"cached   {label}")
+                return final
+            self._say(f"building {label}")
+            tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                if config is not None:
+                    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+                build(tmp)
+                (tmp / DONE).write_text("")
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    @contextmanager
+    def _lock(self, kind: str, key: str) -> Iterator[None]:
+        lock_path = self.root / kind / f".{key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _say(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[cache] {msg}", flush=True)

@@ -1,0 +1,139 @@
+"""``python -m bench.run``: train (or load) a method's adapters, evaluate it, store tidy rows.
+
+Examples:
+  python -m bench.run --method base --preset smoke          # ~1 min on 2 CPU cores
+  python -m bench.run --method base                         # default synthetic preset
+  python -m bench.run --method base --effects 20 --limit 4 teacher.steps=300
+  python -m bench.run --list methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.cache import ArtifactCache
+from bench.config import PRESETS, RunConfig, apply_overrides, to_json
+from bench.registry import UnknownNameError, parse_names
+from bench.store import ResultStore, cell_id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="base", help="method name (see --list methods)")
+    p.add_argument("--preset", default="synth", help="config preset (see --list presets); default: synth")
+    p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
+    p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
+    p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
+    p.add_argument("--seed", type=int, default=None, help="training/sampling seed of the run")
+    p.add_argument("--out", default="runs", help="results directory (default: ./runs)")
+    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
+    p.add_argument("--force", action="store_true", help="rerun a cell even if it finished before")
+    p.add_argument("--list", choices=["methods", "metrics", "presets"], help="list registered names and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.steps=300")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Preset + flags + overrides -> the run's config. Fails fast on any unknown name."""
+    from methods import METHODS, resolve_components
+
+    cfg: RunConfig = PRESETS.get(args.preset)()
+    method = METHODS.canonical(args.method)
+    off = parse_names(args.ablate, lambda name: None)
+    resolve_components(METHODS.get(method), off)  # validates component names
+    cfg = replace(cfg, method=method, components_off=tuple(sorted(off)))
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    if args.effects is not None:
+        cfg = replace(cfg, n_effects=args.effects)
+    if args.limit is not None:
+        cfg = replace(cfg, eval=replace(cfg.eval, limit=args.limit))
+    cfg = apply_overrides(cfg, args.overrides)
+    from metrics import METRICS
+
+    for name in cfg.eval.metrics:
+        METRICS.canonical(name)
+    return cfg
+
+
+def run_cell(cfg: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False):
+    """Run one cell (train/load, evaluate, store). Returns its rows; skips a finished cell."""
+    from bench.evaluate import evaluate
+    from bench.workspace import Workspace
+    from methods import METHODS, resolve_components
+    from metrics import METRICS
+
+    store = ResultStore(out)
+    cid = cell_id(cfg)
+    if store.is_done(cid) and not force:
+        print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
+        return store.read_cell(cid)
+    store.write_config(cid, cfg)
+    method_cls = METHODS.get(cfg.method)
+    ws = Workspace(cfg, cache)
+    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
+    t0 = time.perf_counter()
+    effects = list(ws.bench.effects)
+    method.prepare(effects)
+    t1 = time.perf_counter()
+    metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
+    rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
+    t2 = time.perf_counter()
+    store.write_rows(cid, rows)
+    print(f"cell {cid}: {len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s, "
+          f"{len(rows)} rows -> {store.cell_dir(cid)}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        return list_names(args.list)
+    try:
+        cfg = resolve_config(args)
+    except (UnknownNameError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from reports.tables import means_table
+
+    started = time.perf_counter()
+    rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+    print()
+    print(f"{cfg.method} on {cfg.n_effects} effects (preset {cfg.preset}, seed {cfg.seed}):")
+    print(means_table(rows))
+    print(f"\ntotal {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def list_names(what: str) -> int:
+    if what == "methods":
+        from methods import METHODS
+
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            comps = ([f.name for f in dataclasses.fields(cls.components_cls)]
+                     if cls.components_cls else [])
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0]
+            print(f"{name:14s} {doc}" + (f"  [components: {', '.join(comps)}]" if comps else ""))
+    elif what == "metrics":
+        from metrics import METRICS
+
+        for name in METRICS.names():
+            info = METRICS.get(name).info
+            arrow = "↑" if info.higher_is_better else "↓"
+            print(f"{name:14s} {arrow} compares {'+'.join(info.compares):28s} {info.description}")
+    else:
+        for name in PRESETS.names():
+            print(f"{name:14s} {(PRESETS.get(name).__doc__ or '').strip()}")
+        print("\nresolved default preset:\n" + to_json(PRESETS.get("synth")()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Embedded synthetic world: procedural sources, general edits and parametric effects."""

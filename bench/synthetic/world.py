@@ -1,0 +1,112 @@
+"""Write the synthetic world to disk as an EffectBench dataset (DESIGN 5).
+
+Every effect of the catalogue gets its rows, so one cached dataset serves runs of any size
+(a run with N effects selects the first N). Layout of ``root``:
+
+    effects.jsonl     lora_name, prompt, data_type, lora_path (null: trained by the harness),
+                      recaption_prompt_with_trigword, trigger, description, family, params, criteria
+    train.jsonl       lora_name, source_image, instruction, target_image (exact effect(source))
+    general.jsonl     source_image, instruction, target_image (general edits)
+    test.jsonl        lora_name, source_image, data_type, target_image (held-out sources)
+    templates.jsonl   lora_name, template_source, template_result, criteria
+    images/...        PNG files
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench.config import WorldConfig
+from bench.effectbench import save_image, write_jsonl
+from bench.synthetic.effects import Effect, build_effects
+from bench.synthetic.general import sample_general_edit
+from bench.synthetic.images import CATEGORIES, make_source
+
+SOURCE_POOL_PER_CATEGORY = 256  # training sources shared by the effects of one category
+
+
+def student_prompt(effect: Effect) -> str:
+    """AOP's student prompt: the orthogonal trigger word plus the VLM-style description."""
+    return f"{effect.trigger}, {effect.description}"
+
+
+def criteria(effect: Effect) -> str:
+    return (f"Good case: {effect.description}, applied over the whole image as in the template pair, "
+            f"while the subject stays recognisable. Bad case: the effect is missing, partial, mixed "
+            f"with another style, or the subject is destroyed.")
+
+
+def build_world(root: str | Path, cfg: WorldConfig) -> None:
+    """Generate the whole synthetic EffectBench under ``root`` (deterministic from ``cfg.seed``)."""
+    root = Path(root)
+    rng = np.random.default_rng(cfg.seed)
+    size = cfg.image_size
+    effects = build_effects(cfg.seed)
+
+    def put(rel: str, image: np.ndarray) -> str:
+        save_image(root / rel, image)
+        return rel
+
+    # Training-source pools per category (teachers of a category's effects draw from its pool).
+    pools: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for cat in CATEGORIES:
+        pools[cat] = []
+        for i in range(SOURCE_POOL_PER_CATEGORY):
+            img = make_source(cat, rng, size)
+            pools[cat].append((put(f"images/sources/{cat}/{i:04d}.png", img), img))
+
+    effect_rows, train_rows, template_rows = [], [], []
+    for e in effects:
+        effect_rows.append({
+            "lora_name": e.name, "prompt": e.teacher_prompt, "data_type": e.data_type,
+            "lora_path": None, "recaption_prompt_with_trigword": student_prompt(e),
+            "trigger": e.trigger, "description": e.description, "family": e.family,
+            "params": e.params_dict(), "criteria": criteria(e),
+        })
+        pool = pools[e.data_type]
+        picks = rng.choice(len(pool), size=min(cfg.n_train_per_effect + 1, len(pool)), replace=False)
+        for j, k in enumerate(picks[1:]):
+            rel, img = pool[k]
+            train_rows.append({"lora_name": e.name, "source_image": rel, "instruction": e.teacher_prompt,
+                               "target_image": put(f"images/train/{e.name}/{j:04d}.png", e.apply(img))})
+        rel, img = pool[picks[0]]  # the reference template pair shown to judges / CLIP-style metrics
+        template_rows.append({"lora_name": e.name, "template_source": rel,
+                              "template_result": put(f"images/templates/{e.name}.png", e.apply(img)),
+                              "criteria": criteria(e)})
+
+    # Held-out test sources per category, with the exact ground truth of every effect on them.
+    test_rows = []
+    for cat in CATEGORIES:
+        sources = [make_source(cat, rng, size) for _ in range(cfg.n_test_per_category)]
+        rels = [put(f"images/test/{cat}/{i:03d}.png", img) for i, img in enumerate(sources)]
+        for e in effects:
+            if e.data_type != cat:
+                continue
+            for i, (rel, img) in enumerate(zip(rels, sources)):
+                test_rows.append({"lora_name": e.name, "source_image": rel, "data_type": cat,
+                                  "target_image": put(f"images/test_gt/{e.name}/{i:03d}.png", e.apply(img))})
+
+    # General edits: the pretraining data of the base editor and the general stream of PDSR.
+    general_rows = []
+    n_pool = max(1, cfg.n_general // 4)
+    general_pool = []
+    for i in range(n_pool):
+        cat = CATEGORIES[i % len(CATEGORIES)]
+        img = make_source(cat, rng, size)
+        general_pool.append((put(f"images/general/src/{i:05d}.png", img), img))
+    for i in range(cfg.n_general):
+        rel, img = general_pool[i % n_pool]
+        instruction, edit = sample_general_edit(rng)
+        general_rows.append({"source_image": rel, "instruction": instruction,
+                             "target_image": put(f"images/general/out/{i:05d}.png", edit.apply(img))})
+
+    write_jsonl(root / "effects.jsonl", effect_rows)
+    write_jsonl(root / "train.jsonl", train_rows)
+    write_jsonl(root / "general.jsonl", general_rows)
+    write_jsonl(root / "test.jsonl", test_rows)
+    write_jsonl(root / "templates.jsonl", template_rows)
+    (root / "meta.json").write_text(json.dumps({"world": "synthetic", "image_size": size,
+                                                "seed": cfg.seed, "n_effects": len(effects)}, indent=2))

@@ -1,0 +1,123 @@
+"""The resolved world of one run: its EffectBench, its base backbone and its teacher LoRAs.
+
+Everything expensive is an artifact of the content-addressed cache, keyed by the part of the
+config that determines it: the synthetic dataset by the world config; the base model by
+world + backbone + pretraining; each teacher by the base key + teacher config + effect.
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.cache import ArtifactCache
+from bench.config import RunConfig, config_hash, to_dict
+from bench.effectbench import EffectBench, EffectSpec, load_effectbench, load_image
+from methods.backbones import BACKBONES, Backbone
+from methods.fm import EditPairs
+
+
+class Workspace:
+    def __init__(self, cfg: RunConfig, cache: ArtifactCache) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self._images: dict[tuple[Path, int], torch.Tensor] = {}
+
+    # -- data ---------------------------------------------------------------------------------
+    @cached_property
+    def dataset_root(self) -> Path:
+        world = self.cfg.world
+        if world.kind == "effectbench":
+            if not world.root:
+                raise ValueError("world.kind=effectbench needs world.root=PATH to an EffectBench directory")
+            return Path(world.root)
+        if world.kind != "synthetic":
+            raise ValueError(f"unknown world.kind {world.kind!r}; valid: synthetic, effectbench")
+        from bench.synthetic.world import build_world
+
+        key = config_hash(world)
+        return self.cache.get_or_build("world", key, lambda d: build_world(d, world),
+                                       config=to_dict(world), label=f"synthetic EffectBench {key}")
+
+    @cached_property
+    def full_bench(self) -> EffectBench:
+        return load_effectbench(self.dataset_root)
+
+    @cached_property
+    def bench(self) -> EffectBench:
+        """The run's effects: the first ``n_effects`` of the catalogue."""
+        return self.full_bench.select(self.cfg.n_effects)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.world.image_size
+
+    def images(self, paths: list[Path], origins: list[str] | None = None) -> torch.Tensor:
+        """Load images as (N, 3, S, S) in [0, 1], memoised by path."""
+        out = []
+        for i, path in enumerate(paths):
+            key = (Path(path), self.image_size)
+            if key not in self._images:
+                arr = load_image(path, size=self.image_size, origin=origins[i] if origins else None)
+                self._images[key] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+            out.append(self._images[key])
+        return torch.stack(out)
+
+    # -- base model -----------------------------------------------------------------------------
+    @cached_property
+    def base_key(self) -> str:
+        return config_hash(self.cfg.world, self.cfg.backbone, self.cfg.pretrain, self.cfg.sampling.shift)
+
+    @cached_property
+    def base_dir(self) -> Path:
+        from methods.pretrain import pretrain_base
+
+        def build(out: Path) -> None:
+            rows = self.full_bench.general
+            if not rows or any(r.target_image is None for r in rows):
+                raise ValueError(f"{self.dataset_root}/general.jsonl: pretraining the base needs general "
+                                 "rows with target_image")
+            pairs = EditPairs(self.images([r.source_image for r in rows], [r.origin for r in rows]),
+                              self.images([r.target_image for r in rows], [r.origin for r in rows]),
+                              [r.instruction for r in rows])
+            pretrain_base(self.cfg, pairs, out)
+
+        cfg = {"world": to_dict(self.cfg.world), "backbone": to_dict(self.cfg.backbone),
+               "pretrain": to_dict(self.cfg.pretrain), "shift": self.cfg.sampling.shift}
+        return self.cache.get_or_build("base", self.base_key, build, config=cfg,
+                                       label=f"base model {self.base_key} (pretraining on general edits)")
+
+    def load_backbone(self) -> Backbone:
+        """A fresh copy of the base backbone (no adapters)."""
+        cls = BACKBONES.get(self.cfg.backbone.kind)
+        return cls.load(self.cfg.backbone, self.base_dir / "transformer")
+
+    # -- teachers -------------------------------------------------------------------------------
+    def teacher_dir(self, effect: EffectSpec, backbone: Backbone | None = None) -> Path:
+        """The effect's teacher LoRA: its manifest ``lora_path``, or trained here and cached."""
+        if effect.lora_path is not None:
+            return Path(effect.lora_path)
+        from methods.teachers import train_teacher
+
+        key = config_hash(self.base_key, self.cfg.teacher, effect.lora_name, effect.prompt)
+
+        def build(out: Path) -> None:
+            rows = self.full_bench.train_rows(effect.lora_name)
+            if not rows or any(r.target_image is None for r in rows):
+                raise ValueError(f"effect {effect.lora_name!r} ({effect.origin}) has no train rows with "
+                                 "target_image to train its teacher LoRA on, and no lora_path")
+            pairs = EditPairs(self.images([r.source_image for r in rows], [r.origin for r in rows]),
+                              self.images([r.target_image for r in rows], [r.origin for r in rows]),
+                              [r.instruction for r in rows])
+            seed = zlib.crc32(effect.lora_name.encode()) ^ self.cfg.world.seed
+            train_teacher(backbone or self.load_backbone(), pairs, self.cfg.teacher,
+                          shift=self.cfg.sampling.shift, seed=seed, out_dir=out,
+                          desc=f"teacher {effect.lora_name}")
+
+        cfg = {"base": self.base_key, "teacher": to_dict(self.cfg.teacher), "effect": effect.lora_name}
+        return self.cache.get_or_build("teachers", key, build, config=cfg,
+                                       label=f"teacher LoRA {effect.lora_name}")

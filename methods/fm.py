@@ -1,0 +1,113 @@
+"""Flow-matching training on (source, target, instruction) triples.
+
+One loop serves base pretraining (all transformer weights trainable), the per-effect teacher
+LoRAs, and later FM all-in-1 (one LoRA on every effect's teacher outputs). What is trained is
+decided by which parameters require grad; the loss is diffusers' SD3-style flow matching.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from methods.backbones import Backbone
+from methods.flow import add_noise, fm_loss, sample_training_sigmas
+
+
+@dataclass
+class EditPairs:
+    """In-memory editing triples; images are (N, 3, H, W) in [0, 1]."""
+
+    sources: torch.Tensor
+    targets: torch.Tensor
+    prompts: list[str]
+
+    def __post_init__(self) -> None:
+        if not (len(self.sources) == len(self.targets) == len(self.prompts)):
+            raise ValueError("EditPairs: sources, targets and prompts differ in length")
+        if len(self.prompts) == 0:
+            raise ValueError("EditPairs: no training pairs")
+
+
+@dataclass(frozen=True)
+class FMSettings:
+    steps: int
+    batch_size: int
+    lr: float
+    shift: float
+    warmup: int = 0
+    uncond_prob: float = 0.1     # drop the prompt so the model keeps an unconditional branch (CFG)
+    grad_clip: float = 1.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    weight_decay: float = 1e-4
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettings, *, seed: int,
+                        log_path: str | Path | None = None, desc: str = "fm") -> list[float]:
+    """Train the parameters of ``backbone.transformer`` that require grad; returns the losses."""
+    params = [p for p in backbone.transformer.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{desc}: nothing to train (no parameter requires grad)")
+    device = backbone.device
+    height, width = pairs.sources.shape[-2:]
+    grid = backbone.latent_grid(height, width)
+    with torch.no_grad():  # the codec is fixed: encode every image once
+        src_lat = backbone.encode_images(pairs.sources)
+        tgt_lat = backbone.encode_images(pairs.targets)
+
+    opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
+                            weight_decay=settings.weight_decay)
+    sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=settings.warmup)
+    gen = torch.Generator().manual_seed(seed)
+    backbone.transformer.train()
+    losses: list[float] = []
+    bar = tqdm(range(settings.steps), desc=desc, leave=False, disable=None)
+    for step in bar:
+        idx = torch.randint(len(pairs.prompts), (settings.batch_size,), generator=gen)
+        drop = torch.rand(settings.batch_size, generator=gen) < settings.uncond_prob
+        prompts = ["" if d else pairs.prompts[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        x0, source = tgt_lat[idx], src_lat[idx]
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        sigma = sample_training_sigmas(
+            settings.batch_size, settings.shift, weighting_scheme=settings.weighting_scheme,
+            logit_mean=settings.logit_mean, logit_std=settings.logit_std,
+            mode_scale=settings.mode_scale, generator=gen).to(device)
+        v = backbone.velocity(add_noise(x0, noise, sigma), sigma, source,
+                              backbone.encode_prompts(prompts), grid)
+        loss = fm_loss(v, x0, noise, sigma, settings.weighting_scheme)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at step {step}; "
+                                     f"lower the learning rate ({settings.lr}) or check the data")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
+    backbone.transformer.eval()
+    if log_path is not None:
+        write_loss_csv(log_path, losses)
+    return losses
+
+
+def write_loss_csv(path: str | Path, losses: list[float]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+        writer.writerows(enumerate(losses))

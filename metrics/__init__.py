@@ -1,0 +1,71 @@
+"""Metric registry: each metric declares its direction, what it compares and its batch size,
+and returns one score per sample. Aggregation happens in ``reports/``, never here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from bench.registry import Registry
+
+# What a metric may compare; an EvalBatch field of the same name holds it.
+INPUTS = ("results", "sources", "targets", "references", "instructions")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool
+    compares: tuple[str, ...]      # subset of INPUTS
+    batch_size: int = 64
+    role: str | None = None        # the paper column this metric stands in for, if any
+    synthetic: bool = False        # computed from the synthetic world's exact ground truth
+    description: str = ""
+
+
+@dataclass
+class EvalBatch:
+    """One batch of edits to score; images are (B, 3, H, W) in [0, 1]."""
+
+    results: torch.Tensor
+    sources: torch.Tensor
+    instructions: list[str]
+    targets: torch.Tensor | None = None      # exact ground truth (synthetic world only)
+    references: torch.Tensor | None = None   # the effect's reference template result
+
+    def __len__(self) -> int:
+        return self.results.shape[0]
+
+    def slice(self, start: int, stop: int) -> "EvalBatch":
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return EvalBatch(self.results[start:stop], self.sources[start:stop],
+                         self.instructions[start:stop], cut(self.targets), cut(self.references))
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here (missing weights, missing ground truth); the message says why."""
+
+
+class Metric(ABC):
+    info: MetricInfo
+
+    @abstractmethod
+    def _score(self, batch: EvalBatch) -> torch.Tensor:
+        """Scores of one batch no larger than ``info.batch_size``."""
+
+    def score(self, batch: EvalBatch) -> list[float]:
+        for needed in self.info.compares:
+            if getattr(batch, needed) is None:
+                raise MetricUnavailable(f"{self.info.name} needs {needed}, which this dataset does not have")
+        out: list[float] = []
+        for start in range(0, len(batch), self.info.batch_size):
+            out.extend(self._score(batch.slice(start, start + self.info.batch_size)).tolist())
+        return out
+
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+METRICS.register("gt_psnr", "metrics.synthetic:GroundTruthPSNR")
+METRICS.register("gt_mae", "metrics.synthetic:GroundTruthMAE")
+METRICS.register("src_ssim", "metrics.synthetic:SourceSSIM")

@@ -1,0 +1,80 @@
+"""End-to-end: the CLI as a user runs it, on the smoke preset (tiny models, built locally)."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bench.run import main
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.e2e
+def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, capsys):
+    out = tmp_path / "runs"
+    argv = ["--method", "base", "--preset", "smoke", "--out", str(out), "--cache", str(cache_dir)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| method" in printed and "gt_psnr ↑" in printed and "nfe ↓" in printed
+
+    files = list(out.glob("cells/*/rows.parquet"))
+    assert len(files) == 1
+    rows = pd.read_parquet(files[0])
+    assert set(rows["metric"]) == {"gt_psnr", "gt_mae", "src_ssim", "nfe"}
+    assert rows["effect"].nunique() == 3 and (rows["status"] == "ok").all()
+    # Base is 10 steps x true CFG in the smoke preset: NFE is counted, 2 calls per step
+    assert set(rows.loc[rows.metric == "nfe", "value"]) == {20.0}
+    config = json.loads((files[0].parent / "config.json").read_text())
+    assert config["method"] == "base" and config["preset"] == "smoke"
+    assert list((files[0].parent / "images").rglob("*.png"))
+
+    assert main(argv) == 0
+    assert "finished already" in capsys.readouterr().out
+    assert len(list(out.glob("cells/*/rows.parquet"))) == 1
+
+
+@pytest.mark.e2e
+def test_corrupt_image_in_manifest_names_file_and_line(tmp_path, cache_dir):
+    import shutil
+
+    from bench.cache import ArtifactCache
+    from bench.config import PRESETS, config_hash
+    from bench.workspace import Workspace
+
+    cfg = PRESETS.get("smoke")()
+    root = Workspace(cfg, ArtifactCache(cache_dir, verbose=False)).dataset_root
+    broken = tmp_path / "bench"
+    shutil.copytree(root, broken)
+    lines = (broken / "test.jsonl").read_text().splitlines()
+    victim = json.loads(lines[4])["source_image"]
+    (broken / victim).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--preset", "smoke", "--out", str(tmp_path / "r"),
+         "--cache", str(cache_dir), "world.kind=effectbench", f"world.root={broken}"],
+        capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "test.jsonl:5" in proc.stderr and victim in proc.stderr and "unreadable" in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "bse"], "Did you mean 'base'"),
+    (["--method", "base", "--ablate", "aop"], "no components"),
+    (["--preset", "tiny"], "unknown preset"),
+    (["teacher.stepz=3"], "unknown config key"),
+])
+def test_bad_names_fail_at_once(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_list_methods_and_metrics(capsys):
+    assert main(["--list", "methods"]) == 0
+    assert "base" in capsys.readouterr().out
+    assert main(["--list", "metrics"]) == 0
+    assert "gt_psnr" in capsys.readouterr().out
