@@ -63,8 +63,9 @@ class Backbone(ABC):
         """Packed latents -> (B,3,H,W) in [0,1]."""
 
     @abstractmethod
-    def encode_prompts(self, prompts: list[str]) -> TextCondition:
-        """Prompts -> text condition (frozen encoder, no grad)."""
+    def encode_prompts(self, prompts: list[str], images: torch.Tensor | None = None) -> TextCondition:
+        """Prompts -> text condition (frozen encoder, no grad). Qwen-Image-Edit's VL encoder also
+        sees the source images; encoders that do not use them ignore ``images``."""
 
     @abstractmethod
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:

@@ -129,5 +129,5 @@ class TinyQwenBackbone(Backbone):
         x = x.reshape(b, CHANNELS, height, width)
         return ((x + 1) / 2).clamp(0, 1)
 
-    def encode_prompts(self, prompts: list[str]) -> TextCondition:
-        return self.text_encoder(list(prompts))
+    def encode_prompts(self, prompts: list[str], images: torch.Tensor | None = None) -> TextCondition:
+        return self.text_encoder(list(prompts))  # the hashing encoder is text-only
