@@ -1,0 +1,1 @@
+"""SLURM dispatch through submitit: executors, arrays, requeue, and a dev cluster for tests."""
