@@ -32,6 +32,11 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def work_dir(self, kind: str, key: str) -> Path:
+        """Scratch space of an artifact in progress (checkpoints); survives crashes so a rerun
+        resumes, and is removed once the artifact is complete."""
+        return self.root / kind / f".work-{key}"
+
     def exists(self, kind: str, key: str) -> bool:
         return (self.path(kind, key) / DONE).exists()
 
@@ -58,6 +63,7 @@ class ArtifactCache:
                 (tmp / DONE).write_text("")
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
+                shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final

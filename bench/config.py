@@ -80,6 +80,29 @@ class LoraTrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """DMD in flow-matching form (DESIGN 4.1); used by CollectionLoRA and by Lightning."""
+    steps: int = 1500                # critic steps; the generator updates every gen_update_ratio-th
+    gen_update_ratio: int = 5        # reference dfake_gen_update_ratio
+    batch_size: int = 16
+    lr: float = 1e-4                 # AdamW, betas (0.9, 0.999), for generator and critic
+    critic_lr: float | None = None   # None: same as lr
+    rank: int = 16                   # student and critic LoRA rank / alpha
+    alpha: int = 16
+    real_cfg: float = 4.0            # CFG of the real score (teacher or base)
+    dmd_sigma_range: tuple[float, float] = (0.02, 0.98)  # DMD noise level, before the shift
+    p_switch: float = 0.5            # PDSR: probability a batch group goes to the effect stream
+    stream_redraw_every: int = 20    # PDSR: steps between stream (and effect) draws
+    tafm_weight: float = 1.0         # TA-FM flow-matching anchor loss weight
+    ts_weight: float = 1.0           # TS target-simulation DMD loss weight
+    ts_last_steps: int = 5           # TS noises the teacher output to one of the last K schedule steps
+    ts_sigma_range: tuple[float, float] = (0.5, 1.0)  # TS DMD timesteps t in [500, 1000)
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100      # full training state every K steps (rotated)
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     shift: float = 3.0               # static timestep shift t' = s t / (1 + (s - 1) t)
     base_steps: int = 40             # Base: 40 steps ...
@@ -106,6 +129,9 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     teacher: LoraTrainConfig = field(default_factory=LoraTrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)      # CollectionLoRA (ours)
+    lightning: DistillConfig = field(default_factory=lambda: DistillConfig(steps=1000, p_switch=0.0))
+    fm_all: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(steps=600))  # FM all-in-1
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -131,6 +157,9 @@ def smoke() -> RunConfig:
         pretrain=replace(cfg.pretrain, steps=150, batch_size=16, warmup=20),
         teacher=replace(cfg.teacher, steps=30, batch_size=8, rank=8, alpha=8),
         sampling=replace(cfg.sampling, base_steps=10),
+        distill=replace(cfg.distill, steps=40, batch_size=8, rank=8, alpha=8, checkpoint_every=20),
+        lightning=replace(cfg.lightning, steps=30, batch_size=8, rank=8, alpha=8, checkpoint_every=15),
+        fm_all=replace(cfg.fm_all, steps=40, batch_size=8, rank=8, alpha=8),
         eval=replace(cfg.eval, limit=4),
     )
 

@@ -51,6 +51,9 @@ class Method(ABC):
 
 METHODS: Registry[type[Method]] = Registry("method")
 METHODS.register("base", "methods.base:Base")
+METHODS.register("lightning", "methods.lightning:BasePlusLightning", aliases=("base_lightning",))
+METHODS.register("fm_all_in_1", "methods.fm_all_in_1:FMAllInOne", aliases=("fm",))
+METHODS.register("ours", "methods.ours:CollectionLoRA", aliases=("collectionlora",))
 
 
 def resolve_components(method: type[Method], off: tuple[str, ...]) -> Any:

@@ -28,3 +28,44 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
         return save_lora(transformer, TRAINING_ADAPTER, out_dir)
     finally:
         transformer.delete_adapters([TRAINING_ADAPTER])
+
+
+def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tensor":
+    """The teacher's own edits of its training sources at Base settings (40 steps, CFG 4.0):
+    the ``base_pred`` images that TA-FM / TS anchor on and FM all-in-1 trains on. Cached."""
+    import torch
+
+    from bench.config import config_hash, to_dict
+    from methods.flow import generate
+    from methods.lora import load_lora
+
+    rows = ws.full_bench.train_rows(effect.lora_name)
+    if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
+        return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
+    teacher = ws.teacher_dir(effect, backbone)
+    key = config_hash(teacher.name, to_dict(ws.cfg.sampling), [str(r.source_image) for r in rows])
+
+    def build(out: Path) -> None:
+        bb = backbone or ws.load_backbone()
+        sources = ws.images([r.source_image for r in rows], [r.origin for r in rows])
+        load_lora(bb.transformer, teacher, "_teacher_outputs")
+        bb.transformer.set_adapters(["_teacher_outputs"])
+        try:
+            s = ws.cfg.sampling
+            h, w = sources.shape[-2:]
+            gen = torch.Generator().manual_seed(ws.cfg.world.seed)
+            outs = []
+            for start in range(0, len(rows), 64):
+                src = bb.encode_images(sources[start:start + 64])
+                n = src.shape[0]
+                lat, _ = generate(bb, src, bb.encode_prompts([effect.prompt] * n), bb.latent_grid(h, w),
+                                  steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg,
+                                  uncond=bb.encode_prompts([""] * n), generator=gen)
+                outs.append(bb.decode_latents(lat, h, w))
+            torch.save(torch.cat(outs), out / "outputs.pt")
+        finally:
+            bb.transformer.delete_adapters(["_teacher_outputs"])
+
+    path = ws.cache.get_or_build("teacher_outputs", key, build, config={"teacher": teacher.name},
+                                 label=f"teacher outputs {effect.lora_name}")
+    return torch.load(path / "outputs.pt")

@@ -95,3 +95,4 @@ class Backbone(ABC):
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")
 BACKBONES.register("tiny-qwen", "methods.backbones.tiny_qwen:TinyQwenBackbone")
+BACKBONES.register("qwen-image-edit", "methods.backbones.qwen_edit:QwenEditBackbone")

@@ -1,0 +1,91 @@
+"""Build a distilled LoRA from a workspace: teachers into the bank, streams, DMD, cache.
+
+Shared by ``lightning`` (general stream only, real score = the base) and ``ours``
+(CollectionLoRA: PDSR over the effect and general streams, AOP prompts, TA-FM / TS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.config import DistillConfig, config_hash, to_dict
+from bench.effectbench import EffectSpec
+from methods.adapters import AdapterBank
+from methods.dmd import DMDTrainer, Objectives
+from methods.streams import EffectData, GeneralData, StreamSampler
+from methods.teachers import teacher_outputs
+
+
+def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpec], p_switch: float,
+                   objectives: Objectives, student_prompt: Callable[[EffectSpec], str], label: str,
+                   seed: int, init_student: Path | None = None, extra_key: object = None) -> Path:
+    """Train (or reuse) a DMD-distilled student LoRA; returns its cached directory."""
+    teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+    key = config_hash(ws.base_key, to_dict(cfg), p_switch, to_dict(objectives),
+                      [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
+                      seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key)
+
+    def build(out: Path) -> None:
+        bb = ws.load_backbone()
+        anchors = {e.lora_name: teacher_outputs(ws, e, bb) for e in effects} if p_switch > 0 else {}
+        bank = AdapterBank(bb.transformer)
+        for e in effects:  # all teachers loaded once, validated, switched by name
+            bank.add_teacher(e.lora_name, teachers[e.lora_name])
+        effect_data = []
+        for e in effects:
+            rows = ws.full_bench.train_rows(e.lora_name)
+            src = bb.encode_images(ws.images([r.source_image for r in rows], [r.origin for r in rows]))
+            effect_data.append(EffectData(
+                e.lora_name, src, bb.encode_prompts([e.prompt]), bb.encode_prompts([student_prompt(e)]),
+                bb.encode_images(anchors[e.lora_name]) if e.lora_name in anchors else None))
+        general = None
+        if p_switch < 1:
+            rows = ws.full_bench.general
+            if not rows:
+                raise ValueError(f"{ws.dataset_root}/general.jsonl: the general stream needs general rows")
+            general = GeneralData(bb.encode_images(ws.images([r.source_image for r in rows],
+                                                             [r.origin for r in rows])),
+                                  bb.encode_prompts([r.instruction for r in rows]))
+        size = ws.image_size
+        streams = StreamSampler(effect_data if p_switch > 0 else [], general, p_switch=p_switch,
+                                redraw_every=cfg.stream_redraw_every, batch_size=cfg.batch_size,
+                                grid=bb.latent_grid(size, size), uncond=bb.encode_prompts([""]))
+        trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,
+                             fast_steps=ws.cfg.sampling.fast_steps, shift=ws.cfg.sampling.shift,
+                             seed=seed, work_dir=ws.cache.work_dir(kind, key),
+                             init_student=init_student, desc=label)
+        trainer.train()
+        trainer.save_student(out)
+        trainer.write_losses(out / "losses.csv")
+
+    return ws.cache.get_or_build(kind, key, build, label=label, config={
+        "base": ws.base_key, "distill": to_dict(cfg), "p_switch": p_switch,
+        "objectives": to_dict(objectives), "effects": [e.lora_name for e in effects],
+        "seed": seed, "init_student": str(init_student)})
+
+
+def lightning_lora(ws) -> Path:
+    """The base's 8-step, no-CFG LoRA: DMD on the general stream alone (real score = base)."""
+    return distilled_lora(ws, kind="lightning", cfg=ws.cfg.lightning, effects=[], p_switch=0.0,
+                          objectives=Objectives(tafm=False, ts=False), student_prompt=lambda e: e.prompt,
+                          label="Lightning LoRA (DMD, general stream)", seed=ws.cfg.world.seed)
+
+
+def edit_with(bb, bank: AdapterBank, adapters: tuple[str, ...], sources: torch.Tensor, prompt: str, *,
+              steps: int, shift: float, cfg_scale: float, generator: torch.Generator):
+    """Generate with exactly ``adapters`` active; returns (images, nfe)."""
+    from methods.flow import generate
+
+    n, _, h, w = sources.shape
+    bank.activate(*adapters)
+    try:
+        lat, nfe = generate(bb, bb.encode_images(sources), bb.encode_prompts([prompt] * n, sources),
+                            bb.latent_grid(h, w), steps=steps, shift=shift, cfg_scale=cfg_scale,
+                            uncond=bb.encode_prompts([""] * n, sources) if cfg_scale > 1 else None,
+                            generator=generator)
+    finally:
+        bank.activate()
+    return bb.decode_latents(lat, h, w), nfe

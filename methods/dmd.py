@@ -1,0 +1,269 @@
+"""Distribution Matching Distillation in flow-matching form, on one frozen base with adapters.
+
+Adapters (methods/adapters.py): ``student`` (the generator LoRA being distilled), ``critic``
+(the fake score: a LoRA trained with flow matching on the generator's detached samples) and
+the frozen teacher bank (the real score = base + the current teacher, true CFG 4.0; the plain
+base for the general stream). DESIGN 4.1 / CollectionLoRA Sec. 3:
+
+* Backward simulation: the generator input is produced by the generator itself along the
+  8-step schedule from pure noise, stopped at a random step k, so training sees what
+  inference produces. Each simulated step is the Euler update that inference uses (predict
+  the clean image, re-noise it to the next sigma with the noise the model implies), so the
+  simulated inputs are exactly inference's intermediate states.
+* Critic: every step, flow matching on the detached generator sample.
+* Generator: every ``gen_update_ratio``-th step, with the DMD gradient
+      g = (x_fake - x_real) / mean|x - x_real|,   loss = 0.5 * ||x - sg(x - g)||^2
+  where x_real / x_fake are the clean estimates of the real / fake score at a noised copy of x.
+* Effect stream only: TA-FM, a flow-matching loss towards the teacher's precomputed output at
+  noise levels >= the DMD one (stable cold start); TS, the teacher output noised to one of the
+  last schedule steps, pushed through the generator and given a DMD loss with t in [500, 1000).
+
+The whole state (both LoRAs, both optimizers, the RNG, step, stream state, loss history) is
+checkpointed every K steps with rotation; a rerun resumes and, on CPU, reproduces the
+uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from bench.config import DistillConfig, LoraTrainConfig
+from methods.adapters import AdapterBank
+from methods.backbones import Backbone, TextCondition
+from methods.fm import NonFiniteLossError
+from methods.flow import add_noise, predict_x0, shift_sigmas, sigma_schedule, true_cfg
+from methods.lora import lora_config, save_lora
+from methods.streams import DistillBatch, StreamSampler
+
+STUDENT, CRITIC = "student", "critic"
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Which generator loss terms are on (CollectionLoRA's C2F-DO components)."""
+
+    tafm: bool = True
+    ts: bool = True
+
+
+def dmd_loss(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+    """DMD generator loss whose gradient w.r.t. ``x`` is the normalised score difference.
+
+    ``x_real`` / ``x_fake`` are detached clean estimates; the normaliser is per sample
+    (DMD eq. 7/8 as in DMD2's flow-matching code), and ``0.5 * mse(x, sg(x - g))`` gives
+    d loss / d x = g / numel.
+    """
+    dims = tuple(range(1, x.dim()))
+    norm = (x.detach() - x_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)
+    grad = torch.nan_to_num((x_fake - x_real) / norm)
+    return 0.5 * F.mse_loss(x, (x - grad).detach())
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen)
+
+
+class DMDTrainer:
+    def __init__(self, backbone: Backbone, bank: AdapterBank, streams: StreamSampler, cfg: DistillConfig,
+                 *, objectives: Objectives, fast_steps: int, shift: float, seed: int, work_dir: Path,
+                 init_student: Path | None = None, desc: str = "dmd") -> None:
+        self.bb, self.bank, self.streams, self.cfg = backbone, bank, streams, cfg
+        self.obj, self.shift, self.desc = objectives, shift, desc
+        self.work_dir = Path(work_dir)
+        self.schedule = sigma_schedule(fast_steps, shift).to(backbone.device)
+        lora = lora_config(LoraTrainConfig(rank=cfg.rank, alpha=cfg.alpha))
+        with torch.random.fork_rng():  # LoRA init from the run seed, not from global RNG state
+            torch.manual_seed(seed)
+            student_params = bank.add_trainable(STUDENT, lora)
+            critic_params = bank.add_trainable(CRITIC, lora)
+        if init_student is not None:  # incremental extension: start from a trained CollectionLoRA
+            from methods.lora import load_lora
+            load_lora(backbone.transformer, init_student, "_init")
+            init = get_peft_model_state_dict(backbone.transformer, adapter_name="_init")
+            set_peft_model_state_dict(backbone.transformer, init, adapter_name=STUDENT)
+            backbone.transformer.delete_adapters(["_init"])
+            bank._mark_trainable()
+        self.opt_g = torch.optim.AdamW(student_params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.opt_c = torch.optim.AdamW(critic_params, lr=cfg.critic_lr or cfg.lr, betas=(0.9, 0.999))
+        self.params_g, self.params_c = student_params, critic_params
+        self.gen = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # -- scores ---------------------------------------------------------------------------------
+    def _v(self, adapter: tuple[str, ...], x: torch.Tensor, sigma: torch.Tensor, b: DistillBatch,
+           cond: TextCondition) -> torch.Tensor:
+        self.bank.activate(*adapter)
+        return self.bb.velocity(x, sigma, b.sources, cond, b.grid)
+
+    @torch.no_grad()
+    def _real_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, b: DistillBatch) -> torch.Tensor:
+        teacher = (b.teacher,) if b.teacher else ()
+        v = self._v(teacher, x_t, sigma, b, b.teacher_cond)
+        if self.cfg.real_cfg > 1:
+            v = true_cfg(v, self._v(teacher, x_t, sigma, b, b.uncond), self.cfg.real_cfg)
+        return predict_x0(x_t, v, sigma)
+
+    @torch.no_grad()
+    def _fake_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, b: DistillBatch) -> torch.Tensor:
+        return predict_x0(x_t, self._v((CRITIC,), x_t, sigma, b, b.student_cond), sigma)
+
+    def _dmd_term(self, x: torch.Tensor, b: DistillBatch, sigma_range: tuple[float, float],
+                  shifted: bool) -> torch.Tensor:
+        n = x.shape[0]
+        sigma = _uniform(n, *sigma_range, self.gen)
+        sigma = (shift_sigmas(sigma, self.shift) if shifted else sigma).to(x.device)
+        noise = torch.randn(x.shape, generator=self.gen).to(x.device)
+        x_t = add_noise(x.detach(), noise, sigma)
+        return dmd_loss(x, self._real_x0(x_t, sigma, b), self._fake_x0(x_t, sigma, b))
+
+    # -- generator sample -------------------------------------------------------------------------
+    def _generator_sample(self, b: DistillBatch, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward simulation: run the student from noise to a random schedule step k, then one
+        more student prediction there (with grad when the generator is updated)."""
+        n = b.sources.shape[0]
+        k = int(torch.randint(len(self.schedule) - 1, (1,), generator=self.gen))
+        x = torch.randn(b.sources.shape, generator=self.gen).to(b.sources.device)
+        with torch.no_grad():
+            for i in range(k):
+                v = self._v((STUDENT,), x, self.schedule[i].expand(n), b, b.student_cond)
+                x = x + (self.schedule[i + 1] - self.schedule[i]) * v
+        sigma_k = self.schedule[k].expand(n)
+        with torch.set_grad_enabled(with_grad):
+            x0 = predict_x0(x, self._v((STUDENT,), x, sigma_k, b, b.student_cond), sigma_k)
+        return x0, sigma_k
+
+    # -- one step ---------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        b = self.streams.next(self.gen)
+        update_gen = self.step % self.cfg.gen_update_ratio == 0
+        x0, sigma_k = self._generator_sample(b, with_grad=update_gen)
+        log = {"step": self.step, "stream": b.stream, "effect": b.teacher or ""}
+        if update_gen:
+            loss = self._dmd_term(x0, b, self.cfg.dmd_sigma_range, shifted=True)
+            log["dmd"] = loss.item()
+            if b.anchor is not None and self.obj.tafm:
+                # TA-FM: anchor the trajectory on the teacher output at sigma >= the simulated step's
+                sigma = (sigma_k + (1 - sigma_k) * torch.rand(x0.shape[0], generator=self.gen)).to(x0.device)
+                noise = torch.randn(b.anchor.shape, generator=self.gen).to(x0.device)
+                v = self._v((STUDENT,), add_noise(b.anchor, noise, sigma), sigma, b, b.student_cond)
+                tafm = F.mse_loss(v.float(), noise - b.anchor)
+                loss = loss + self.cfg.tafm_weight * tafm
+                log["tafm"] = tafm.item()
+            if b.anchor is not None and self.obj.ts:
+                # TS: start the generator from the teacher output noised to a late schedule step
+                j = len(self.schedule) - 1 - 1 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
+                sigma_j = self.schedule[j].expand(x0.shape[0])
+                noise = torch.randn(b.anchor.shape, generator=self.gen).to(x0.device)
+                x_j = add_noise(b.anchor, noise, sigma_j)
+                x0_ts = predict_x0(x_j, self._v((STUDENT,), x_j, sigma_j, b, b.student_cond), sigma_j)
+                ts = self._dmd_term(x0_ts, b, self.cfg.ts_sigma_range, shifted=False)
+                loss = loss + self.cfg.ts_weight * ts
+                log["ts"] = ts.item()
+            self._check(loss, "generator")
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            log["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params_g, self.cfg.grad_clip))
+            self.opt_g.step()
+
+        # Critic: flow matching on the (shared, detached) generator sample
+        fake = x0.detach()
+        n = fake.shape[0]
+        sigma = shift_sigmas(_uniform(n, 1e-3, 1.0, self.gen), self.shift).to(fake.device)
+        noise = torch.randn(fake.shape, generator=self.gen).to(fake.device)
+        v = self._v((CRITIC,), add_noise(fake, noise, sigma), sigma, b, b.student_cond)
+        critic = F.mse_loss(v.float(), noise - fake)
+        self._check(critic, "critic")
+        self.opt_c.zero_grad(set_to_none=True)
+        critic.backward()
+        torch.nn.utils.clip_grad_norm_(self.params_c, self.cfg.grad_clip)
+        self.opt_c.step()
+        log["critic"] = critic.item()
+        self.bank.activate()
+        self.step += 1
+        return log
+
+    def _check(self, loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            last = self._checkpoints()
+            raise NonFiniteLossError(
+                f"{self.desc}: {what} loss is {loss.item()} at step {self.step}. Training stopped; the last "
+                f"good checkpoint is {last[-1] if last else 'none (no checkpoint yet)'}. Lower distill.lr "
+                f"({self.cfg.lr}) or check the data of stream {self.streams.state.stream!r}.")
+
+    # -- loop, checkpoints ------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        self._resume()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, leave=False, disable=None)
+        while self.step < self.cfg.steps:
+            log = self.train_step()
+            self.history.append(log)
+            bar.update(1)
+            if "dmd" in log:
+                bar.set_postfix(dmd=f"{log['dmd']:.4f}", critic=f"{log['critic']:.4f}")
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        self.write_losses(self.work_dir / "losses.csv")
+        return self.history
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted(self.work_dir.glob("ckpt-*.pt"))
+
+    def save_checkpoint(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        t = self.bb.transformer
+        state = {
+            "step": self.step,
+            "student": get_peft_model_state_dict(t, adapter_name=STUDENT),
+            "critic": get_peft_model_state_dict(t, adapter_name=CRITIC),
+            "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
+            "rng": self.gen.get_state(), "streams": asdict(self.streams.state),
+            "history": self.history, "config": asdict(self.cfg),
+        }
+        path = self.work_dir / f"ckpt-{self.step:08d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a checkpoint is either complete or absent
+        for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def _resume(self) -> None:
+        ckpts = self._checkpoints()
+        if not ckpts:
+            return
+        state = torch.load(ckpts[-1], weights_only=False)
+        t = self.bb.transformer
+        set_peft_model_state_dict(t, state["student"], adapter_name=STUDENT)
+        set_peft_model_state_dict(t, state["critic"], adapter_name=CRITIC)
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        self.gen.set_state(state["rng"])
+        self.streams.restore(state["streams"])
+        self.step, self.history = state["step"], state["history"]
+        print(f"[{self.desc}] resumed from {ckpts[-1].name} at step {self.step}/{self.cfg.steps}", flush=True)
+
+    def write_losses(self, path: Path) -> None:
+        keys = ["step", "stream", "effect", "critic", "dmd", "tafm", "ts", "gen_grad_norm"]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for row in self.history:
+                w.writerow({k: row.get(k, "") for k in keys})
+
+    def save_student(self, directory: Path) -> Path:
+        return save_lora(self.bb.transformer, STUDENT, directory)
+
+
+def generator_updates(cfg: DistillConfig) -> int:
+    return math.ceil(cfg.steps / cfg.gen_update_ratio)

@@ -1,0 +1,90 @@
+"""Training batches for distillation: CollectionLoRA's Probabilistic Dual-Stream Routing (PDSR).
+
+Every ``redraw_every`` steps a batch group is routed to the *effect stream* with probability
+``p_switch`` (one effect's sources; its frozen teacher is the real score; the teacher output
+anchors TA-FM / TS) or else to the *general stream* (unlabeled general edits; the real score
+is the plain base, i.e. an all-zero identity LoRA). ``p_switch = 1`` is PDSR ablated (effect
+stream only); ``p_switch = 0`` is Lightning's general-only distillation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from methods.backbones import TextCondition
+
+
+@dataclass
+class EffectData:
+    name: str                       # the teacher's adapter name in the bank
+    sources: torch.Tensor           # (N, T, C) source latents
+    teacher_cond: TextCondition     # one row: the teacher's own prompt
+    student_cond: TextCondition     # one row: the student's prompt (AOP: trigger + description)
+    anchors: torch.Tensor | None    # (N, T, C) the teacher's outputs on those sources (base_pred)
+
+
+@dataclass
+class GeneralData:
+    sources: torch.Tensor           # (N, T, C)
+    conds: TextCondition            # N rows: each source's instruction
+
+
+@dataclass
+class DistillBatch:
+    stream: str                     # "effect" | "general"
+    teacher: str | None             # adapter of the real score (None: the plain base)
+    sources: torch.Tensor
+    student_cond: TextCondition
+    teacher_cond: TextCondition
+    uncond: TextCondition
+    anchor: torch.Tensor | None
+    grid: tuple[int, int]
+
+
+@dataclass
+class StreamState:
+    stream: str = ""
+    effect: int = -1
+    left: int = 0
+
+
+def _rows(cond: TextCondition, n: int) -> TextCondition:
+    return TextCondition(cond.embeds.expand(n, -1, -1), cond.mask.expand(n, -1))
+
+
+class StreamSampler:
+    def __init__(self, effects: list[EffectData], general: GeneralData | None, *, p_switch: float,
+                 redraw_every: int, batch_size: int, grid: tuple[int, int], uncond: TextCondition) -> None:
+        if p_switch > 0 and not effects:
+            raise ValueError("the effect stream is on (p_switch > 0) but there are no effects")
+        if p_switch < 1 and general is None:
+            raise ValueError("the general stream is on (p_switch < 1) but there is no general data")
+        self.effects, self.general = effects, general
+        self.p_switch, self.redraw_every, self.batch_size = p_switch, redraw_every, batch_size
+        self.grid, self.uncond = grid, uncond
+        self.state = StreamState()
+
+    def restore(self, state: dict) -> None:
+        self.state = StreamState(**{f.name: state[f.name] for f in fields(StreamState)})
+
+    def next(self, gen: torch.Generator) -> DistillBatch:
+        s = self.state
+        if s.left <= 0:  # PDSR draw for the next batch group
+            s.stream = "effect" if float(torch.rand(1, generator=gen)) < self.p_switch else "general"
+            s.effect = int(torch.randint(len(self.effects), (1,), generator=gen)) if s.stream == "effect" else -1
+            s.left = self.redraw_every
+        s.left -= 1
+        n = self.batch_size
+        uncond = _rows(self.uncond, n)
+        if s.stream == "effect":
+            e = self.effects[s.effect]
+            idx = torch.randint(len(e.sources), (n,), generator=gen)
+            return DistillBatch("effect", e.name, e.sources[idx], _rows(e.student_cond, n),
+                                _rows(e.teacher_cond, n), uncond,
+                                None if e.anchors is None else e.anchors[idx], self.grid)
+        g = self.general
+        idx = torch.randint(len(g.sources), (n,), generator=gen)
+        cond = g.conds.index(idx)
+        return DistillBatch("general", None, g.sources[idx], cond, cond, uncond, None, self.grid)

@@ -1,0 +1,152 @@
+"""DMD engine: the gradient, the teacher bank's errors and switching, resume and NaN handling."""
+
+import numpy as np
+import pytest
+import torch
+
+from bench.config import BackboneConfig, DistillConfig, LoraTrainConfig
+from methods.adapters import AdapterBank, LoraMismatchError
+from methods.backbones.tiny_qwen import TinyQwenBackbone
+from methods.dmd import DMDTrainer, Objectives, dmd_loss
+from methods.fm import NonFiniteLossError
+from methods.flow import generate
+from methods.lora import add_lora, save_lora
+from methods.streams import EffectData, GeneralData, StreamSampler
+
+
+def test_dmd_gradient_matches_independent_computation():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    x_real = torch.randn(3, 16, 12, generator=gen, dtype=torch.float64)
+    x_fake = torch.randn(3, 16, 12, generator=gen, dtype=torch.float64)
+    dmd_loss(x, x_real, x_fake).backward()
+
+    # independently, in numpy: g = (fake - real) / mean|x - real| per sample; d(0.5*mean((x - sg(x-g))^2))/dx = g / numel
+    xn, rn, fn = x.detach().numpy(), x_real.numpy(), x_fake.numpy()
+    g = (fn - rn) / np.abs(xn - rn).mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(x.grad.numpy(), g / xn.size, rtol=1e-10)
+
+
+def test_dmd_gradient_points_from_fake_towards_real():
+    x = torch.zeros(1, 4, 4, requires_grad=True)
+    dmd_loss(x, torch.ones(1, 4, 4), torch.zeros(1, 4, 4)).backward()
+    assert (x.grad < 0).all()  # gradient descent moves x towards the real score's estimate
+
+
+def _teacher_file(tmp_path, name, rank=4, targets=None, seed=0):
+    bb = TinyQwenBackbone.create(BackboneConfig(num_layers=2), seed=0)
+    cfg = LoraTrainConfig(rank=rank, alpha=rank, **({"target_modules": targets} if targets else {}))
+    add_lora(bb.transformer, name, cfg)
+    torch.manual_seed(seed)
+    for pname, p in bb.transformer.named_parameters():
+        if "lora_B" in pname:
+            torch.nn.init.normal_(p, std=0.05)
+    return save_lora(bb.transformer, name, tmp_path / name)
+
+
+@pytest.fixture
+def bank_setup(tiny_backbone, tmp_path):
+    files = {n: _teacher_file(tmp_path, n, seed=i) for i, n in enumerate(["t_a", "t_b"])}
+    bank = AdapterBank(tiny_backbone.transformer)
+    for n, f in files.items():
+        bank.add_teacher(n, f)
+    return tiny_backbone, bank, files
+
+
+def test_bank_switch_equals_diffusers_set_adapters(bank_setup):
+    bb, bank, _ = bank_setup
+    src = bb.encode_images(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(2))
+    cond = bb.encode_prompts(["x", "y"])
+
+    def out():
+        return generate(bb, src, cond, (8, 8), steps=2, shift=3.0, noise=noise)[0]
+
+    bank.activate("t_b")
+    fast = out()
+    bb.transformer.set_adapters(["t_b"])
+    assert torch.equal(fast, out())
+    bank.activate()
+    plain = out()
+    bb.transformer.disable_lora()
+    assert torch.equal(plain, out())
+    assert not torch.equal(plain, fast)
+
+
+def test_bank_errors_name_the_lora(bank_setup, tmp_path):
+    bb, bank, files = bank_setup
+    with pytest.raises(KeyError, match="'t_missing' is not loaded"):
+        bank.activate("t_missing")
+    with pytest.raises(FileNotFoundError, match="teacher LoRA 'ghost'"):
+        bank.add_teacher("ghost", tmp_path / "nowhere")
+    with pytest.raises(LoraMismatchError, match="'t_rank8'.*rank 8.*rank 4"):
+        bank.add_teacher("t_rank8", _teacher_file(tmp_path, "t_rank8", rank=8))
+    with pytest.raises(LoraMismatchError, match="'t_attn'.*other modules"):
+        bank.add_teacher("t_attn", _teacher_file(tmp_path, "t_attn", targets=("to_q", "to_k")))
+    big = TinyQwenBackbone.create(BackboneConfig(num_layers=3), seed=0)  # a block this bank lacks
+    add_lora(big.transformer, "t_other", LoraTrainConfig(rank=4, alpha=4))
+    other = save_lora(big.transformer, "t_other", tmp_path / "t_other")
+    with pytest.raises(LoraMismatchError, match="'t_other'.*does not have"):
+        bank.add_teacher("t_other", other)
+    assert set(bank.frozen) == {"t_a", "t_b"}  # failed loads left nothing behind
+
+
+def _trainer(tmp_path, steps, *, lr=1e-3, work="work"):
+    torch.manual_seed(0)
+    bb = TinyQwenBackbone.create(BackboneConfig(num_layers=2), seed=0)
+    bank = AdapterBank(bb.transformer)
+    bank.add_teacher("t_a", _teacher_file(tmp_path, "t_a") if not (tmp_path / "t_a").exists()
+                     else tmp_path / "t_a")
+    gen = torch.Generator().manual_seed(5)
+    src = bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen))
+    effect = EffectData("t_a", src, bb.encode_prompts(["teacher prompt"]), bb.encode_prompts(["zqx, desc"]),
+                        bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen)))
+    general = GeneralData(src, bb.encode_prompts(["keep"] * 6))
+    streams = StreamSampler([effect], general, p_switch=0.5, redraw_every=2, batch_size=2, grid=(4, 4),
+                            uncond=bb.encode_prompts([""]))
+    cfg = DistillConfig(steps=steps, batch_size=2, lr=lr, rank=4, alpha=4, checkpoint_every=3,
+                        gen_update_ratio=2)
+    return DMDTrainer(bb, bank, streams, cfg, objectives=Objectives(), fast_steps=8, shift=3.0, seed=0,
+                      work_dir=tmp_path / work)
+
+
+def _student(trainer):
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(trainer.bb.transformer, adapter_name="student")
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    full = _trainer(tmp_path, 6, work="full")
+    full.train()
+    streams_seen = {h["stream"] for h in full.history}
+    assert {"dmd", "critic"} <= set().union(*full.history)
+    assert streams_seen == {"effect", "general"}
+
+    part = _trainer(tmp_path, 3, work="resumed")  # "killed" after its step-3 checkpoint
+    part.train()
+    resumed = _trainer(tmp_path, 6, work="resumed")
+    resumed.train()
+    assert resumed.history[:3] == part.history[:3]
+    a, b = _student(full), _student(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h.get("dmd") for h in full.history] == [h.get("dmd") for h in resumed.history]
+    assert len(list((tmp_path / "resumed").glob("ckpt-*.pt"))) == 2  # rotation keeps the last two
+    assert (tmp_path / "resumed" / "losses.csv").read_text().count("\n") == 7
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, 6, work="nan")
+    orig = trainer.train_step
+
+    def poisoned():
+        if trainer.step == 4:
+            with torch.no_grad():
+                for p in trainer.params_c:
+                    p.fill_(float("nan"))
+        return orig()
+
+    trainer.train_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="critic loss is nan at step 4.*ckpt-00000003.pt"):
+        trainer.train()
+    assert (tmp_path / "nan" / "ckpt-00000003.pt").exists()
