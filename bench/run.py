@@ -4,6 +4,7 @@ Examples:
   python -m bench.run --method base --preset smoke          # ~1 min on 2 CPU cores
   python -m bench.run --method base                         # default synthetic preset
   python -m bench.run --method base --effects 20 --limit 4 teacher.steps=300
+  python -m bench.run --grid ablation --preset smoke       # a grid of cells, failures listed
   python -m bench.run --list methods
 """
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="results directory (default: ./runs)")
     p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
     p.add_argument("--force", action="store_true", help="rerun a cell even if it finished before")
-    p.add_argument("--list", choices=["methods", "metrics", "presets"], help="list registered names and exit")
+    p.add_argument("--grid", default=None, help="run a grid of cells (see --list grids) instead of one run")
+    p.add_argument("--list", choices=["methods", "metrics", "presets", "grids"], help="list registered names and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.steps=300")
     return p
 
@@ -91,6 +93,35 @@ def run_cell(cfg: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = F
     return rows
 
 
+def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False) -> int:
+    """Run every cell of a grid locally; a failing cell does not stop the others."""
+    import traceback
+
+    import pandas as pd
+
+    from bench.grids import GRIDS
+    from reports.tables import means_table
+
+    cells = GRIDS.get(name)(base)
+    print(f"grid {name}: {len(cells)} cells -> {out}")
+    done, failed = [], []
+    for i, cell in enumerate(cells):
+        cid = cell_id(cell)
+        print(f"[{i + 1}/{len(cells)}] cell {cid}: {cell.method} off={','.join(cell.components_off) or 'none'}")
+        try:
+            done.append(run_cell(cell, out, cache, force=force))
+        except Exception as err:  # noqa: BLE001 -- one failing cell must not stop the grid
+            failed.append((cid, cell, err))
+            (ResultStore(out).cell_dir(cid)).mkdir(parents=True, exist_ok=True)
+            (ResultStore(out).cell_dir(cid) / "error.txt").write_text(traceback.format_exc())
+    if done:
+        print(means_table(pd.concat(done, ignore_index=True)))
+    for cid, cell, err in failed:
+        print(f"FAILED cell {cid} ({cell.method}, off={','.join(cell.components_off) or 'none'}): "
+              f"{type(err).__name__}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -103,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from reports.tables import means_table
 
     started = time.perf_counter()
+    if args.grid:
+        return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
     rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
     print()
     print(f"{cfg.method} on {cfg.n_effects} effects (preset {cfg.preset}, seed {cfg.seed}):")
@@ -128,6 +161,11 @@ def list_names(what: str) -> int:
             info = METRICS.get(name).info
             arrow = "↑" if info.higher_is_better else "↓"
             print(f"{name:14s} {arrow} compares {'+'.join(info.compares):28s} {info.description}")
+    elif what == "grids":
+        from bench.grids import GRIDS
+
+        for name in GRIDS.names():
+            print(f"{name:14s} {(GRIDS.get(name).__doc__ or '').strip().splitlines()[0] if GRIDS.get(name).__doc__ else ''}")
     else:
         for name in PRESETS.names():
             print(f"{name:14s} {(PRESETS.get(name).__doc__ or '').strip()}")

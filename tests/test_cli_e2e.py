@@ -62,9 +62,23 @@ def test_corrupt_image_in_manifest_names_file_and_line(tmp_path, cache_dir):
     assert "test.jsonl:5" in proc.stderr and victim in proc.stderr and "unreadable" in proc.stderr.lower()
 
 
+@pytest.mark.e2e
+def test_ours_smoke_with_ablation_stores_components(tmp_path, cache_dir, capsys):
+    out = tmp_path / "runs"
+    assert main(["--method", "ours", "--ablate", "aop,ts", "--preset", "smoke", "--out", str(out),
+                 "--cache", str(cache_dir)]) == 0
+    rows = pd.read_parquet(next(out.glob("cells/*/rows.parquet")))
+    assert set(rows["ablation"]) == {"aop,ts"}
+    assert json.loads(rows["components"].iloc[0]) == {"pdsr": True, "aop": False, "ts": False, "tafm": True}
+    assert set(rows.loc[rows.metric == "nfe", "value"]) == {8.0}  # one LoRA, 8 steps, no CFG
+    losses = list(cache_dir.glob("collectionlora/*/losses.csv"))
+    assert losses and "critic" in losses[0].read_text().splitlines()[0]
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--method", "bse"], "Did you mean 'base'"),
     (["--method", "base", "--ablate", "aop"], "no components"),
+    (["--method", "ours", "--ablate", "aop,pdrs"], "valid components: pdsr, aop, ts, tafm"),
     (["--preset", "tiny"], "unknown preset"),
     (["teacher.stepz=3"], "unknown config key"),
 ])
