@@ -54,6 +54,9 @@ METHODS.register("base", "methods.base:Base")
 METHODS.register("lightning", "methods.lightning:BasePlusLightning", aliases=("base_lightning",))
 METHODS.register("fm_all_in_1", "methods.fm_all_in_1:FMAllInOne", aliases=("fm",))
 METHODS.register("ours", "methods.ours:CollectionLoRA", aliases=("collectionlora",))
+METHODS.register("merge_linear", "methods.merge:MergeLinear")
+METHODS.register("merge_ties", "methods.merge:MergeTies")
+METHODS.register("merge_dare", "methods.merge:MergeDare")
 
 
 def resolve_components(method: type[Method], off: tuple[str, ...]) -> Any:

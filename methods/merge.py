@@ -1,0 +1,93 @@
+"""Merge baselines (beyond the paper): all teachers merged into one LoRA with peft's
+``add_weighted_adapter`` (linear, TIES, DARE), stacked with Lightning, 8 steps, no CFG.
+They answer "why distil at all, when merging is free?" -- and show the interference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraModel
+
+from bench.config import config_hash
+from bench.effectbench import EffectSpec
+from methods import EditOutput, Method
+from methods.adapters import AdapterBank
+from methods.distill import edit_with, lightning_lora
+from methods.lightning import LIGHTNING
+from methods.lora import load_lora, lora_bytes, save_lora
+
+MERGED = "merged"
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    combination_type: str          # peft add_weighted_adapter combination type
+    weight: float = 1.0            # per-teacher weight (task arithmetic)
+    density: float | None = None   # TIES / DARE keep fraction
+
+
+def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSpec) -> None:
+    """Add adapter ``merged`` to ``transformer`` combining the loaded adapters ``names``.
+
+    diffusers injects LoRA layers without a peft ``LoraModel`` wrapper; ``add_weighted_adapter``
+    lives on that wrapper. Wrapping the transformer around its own ``peft_config`` dict (with a
+    throwaway anchor adapter the constructor insists on injecting) lets the peft method run on
+    the adapters already loaded, and the merged adapter lands in the same dict.
+    """
+    cfg = transformer.peft_config
+    cfg["_merge_anchor"] = LoraConfig(r=1, lora_alpha=1, target_modules=list(cfg[names[0]].target_modules))
+    tuner = LoraModel(transformer, cfg, "_merge_anchor")
+    tuner.add_weighted_adapter(names, [spec.weight] * len(names), MERGED,
+                               combination_type=spec.combination_type, density=spec.density)
+    transformer.delete_adapters(["_merge_anchor"])
+
+
+class MergeBaseline(Method):
+    spec: MergeSpec
+
+    def prepare(self, effects: list[EffectSpec]) -> None:
+        ws = self.ws
+        self.lightning = lightning_lora(ws)
+        teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+        key = config_hash(ws.base_key, self.spec.__dict__, sorted(p.name for p in teachers.values()))
+
+        def build(out) -> None:
+            bb = ws.load_backbone()
+            bank = AdapterBank(bb.transformer)  # validated loading: ranks and targets must agree
+            for name, path in teachers.items():
+                bank.add_teacher(name, path)
+            merge_teachers(bb.transformer, list(teachers), self.spec)
+            save_lora(bb.transformer, MERGED, out)
+
+        self.lora = ws.cache.get_or_build("merged", key, build, label=f"{self.name} of {len(effects)} teachers",
+                                          config={"spec": self.spec.__dict__, "effects": list(teachers)})
+        self.backbone = ws.load_backbone()
+        load_lora(self.backbone.transformer, self.lora, MERGED)
+        load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
+        self.bank = AdapterBank(self.backbone.transformer)
+
+    def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
+        s = self.ws.cfg.sampling
+        images, nfe = edit_with(self.backbone, self.bank, (MERGED, LIGHTNING), sources, effect.prompt,
+                                steps=s.fast_steps, shift=s.shift, cfg_scale=1.0, generator=generator)
+        return EditOutput(images, nfe, effect.prompt)
+
+    def adapter_bytes(self, effects: list[EffectSpec]) -> int:
+        return lora_bytes(self.lora) + lora_bytes(self.lightning)
+
+
+class MergeLinear(MergeBaseline):
+    name = "merge_linear"
+    spec = MergeSpec("linear")
+
+
+class MergeTies(MergeBaseline):
+    name = "merge_ties"
+    spec = MergeSpec("ties", density=0.5)
+
+
+class MergeDare(MergeBaseline):
+    name = "merge_dare"
+    spec = MergeSpec("dare_linear", density=0.5)
