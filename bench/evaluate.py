@@ -39,29 +39,35 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
         sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
         targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
                    if all(t.target_image is not None for t in tests) else None)
-        templates = ws.bench.templates_for(effect.lora_name)
-        reference = ws.images([templates[0].template_result], [templates[0].origin])
+        template = ws.bench.templates_for(effect.lora_name)[0]
+        reference = ws.images([template.template_result], [template.origin])
+        reference_source = ws.images([template.template_source], [template.origin])
         # Per-effect seed: a method's samples do not depend on which other effects ran before.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
-        results, nfes, prompt = [], [], ""
+        results, nfes = [], []
         for start in range(0, len(tests), cfg.eval.batch_size):
             out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
             results.append(out.images.cpu())
             nfes.append(out.nfe)
-            prompt = out.prompt
         result = torch.cat(results)
-        batch = EvalBatch(result, sources, [prompt] * len(tests), targets,
-                          reference.expand(len(tests), -1, -1, -1))
+        n = len(tests)
+        # Judges see what the user asked for (the effect's instruction), not the student's trigger prompt.
+        batch = EvalBatch(result, sources, [effect.prompt] * n, targets, reference.expand(n, -1, -1, -1),
+                          reference_source.expand(n, -1, -1, -1),
+                          [template.criteria or effect.criteria or ""] * n)
         base = {**ident, "effect": effect.lora_name, "family": effect.family or "",
                 "category": effect.data_type}
         for m in metrics:
             try:
-                scores, status, note = m.score(batch), "ok", ""
+                scores = m.score(batch)
+                # judges mark unparsable answers per sample; they are counted, never defaulted
+                statuses = list(getattr(m, "sample_status", None) or ["ok"] * n)
+                notes = list(getattr(m, "sample_notes", None) or [""] * n)
             except MetricUnavailable as err:
-                scores, status, note = [float("nan")] * len(tests), "missing", str(err)
+                scores, statuses, notes = [float("nan")] * n, ["missing"] * n, [str(err)] * n
             for i, value in enumerate(scores):
                 records.append({**base, "sample": i, "metric": m.info.name, "value": float(value),
-                                "status": status, "note": note, "role": m.info.role or "",
+                                "status": statuses[i], "note": notes[i], "role": m.info.role or "",
                                 "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better})
         nfe = max(nfes)
         for i in range(len(tests)):

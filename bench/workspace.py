@@ -70,6 +70,9 @@ class Workspace:
     # -- base model -----------------------------------------------------------------------------
     @cached_property
     def base_key(self) -> str:
+        cls = BACKBONES.get(self.cfg.backbone.kind)
+        if getattr(cls, "pretrained", False):  # real weights: keyed by what is loaded, not by pretraining
+            return config_hash(self.cfg.backbone)
         return config_hash(self.cfg.world, self.cfg.backbone, self.cfg.pretrain, self.cfg.sampling.shift)
 
     @cached_property
@@ -92,8 +95,11 @@ class Workspace:
                                        label=f"base model {self.base_key} (pretraining on general edits)")
 
     def load_backbone(self) -> Backbone:
-        """A fresh copy of the base backbone (no adapters)."""
+        """A fresh copy of the base backbone (no adapters): real weights are loaded from
+        ``backbone.path`` / the HF cache; the synthetic base is pretrained once and cached."""
         cls = BACKBONES.get(self.cfg.backbone.kind)
+        if getattr(cls, "pretrained", False):
+            return cls.load(self.cfg.backbone, self.cfg.backbone.path)
         return cls.load(self.cfg.backbone, self.base_dir / "transformer")
 
     # -- teachers -------------------------------------------------------------------------------

@@ -37,22 +37,26 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
         effect_data = []
         for e in effects:
             rows = ws.full_bench.train_rows(e.lora_name)
-            src = bb.encode_images(ws.images([r.source_image for r in rows], [r.origin for r in rows]))
+            images = ws.images([r.source_image for r in rows], [r.origin for r in rows])
+            n = len(rows)  # prompts encoded per source: Qwen-Image-Edit's text encoder sees the image
             effect_data.append(EffectData(
-                e.lora_name, src, bb.encode_prompts([e.prompt]), bb.encode_prompts([student_prompt(e)]),
-                bb.encode_images(anchors[e.lora_name]) if e.lora_name in anchors else None))
+                e.lora_name, bb.encode_images(images), bb.encode_prompts([e.prompt] * n, images),
+                bb.encode_prompts([student_prompt(e)] * n, images),
+                bb.encode_images(anchors[e.lora_name]) if e.lora_name in anchors else None,
+                bb.encode_prompts([""] * n, images)))
         general = None
         if p_switch < 1:
             rows = ws.full_bench.general
             if not rows:
                 raise ValueError(f"{ws.dataset_root}/general.jsonl: the general stream needs general rows")
-            general = GeneralData(bb.encode_images(ws.images([r.source_image for r in rows],
-                                                             [r.origin for r in rows])),
-                                  bb.encode_prompts([r.instruction for r in rows]))
+            images = ws.images([r.source_image for r in rows], [r.origin for r in rows])
+            general = GeneralData(bb.encode_images(images),
+                                  bb.encode_prompts([r.instruction for r in rows], images),
+                                  bb.encode_prompts([""] * len(rows), images))
         size = ws.image_size
         streams = StreamSampler(effect_data if p_switch > 0 else [], general, p_switch=p_switch,
                                 redraw_every=cfg.stream_redraw_every, batch_size=cfg.batch_size,
-                                grid=bb.latent_grid(size, size), uncond=bb.encode_prompts([""]))
+                                grid=bb.latent_grid(size, size))
         trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,
                              fast_steps=ws.cfg.sampling.fast_steps, shift=ws.cfg.sampling.shift,
                              seed=seed, work_dir=ws.cache.work_dir(kind, key),

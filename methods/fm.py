@@ -85,7 +85,7 @@ def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettin
             logit_mean=settings.logit_mean, logit_std=settings.logit_std,
             mode_scale=settings.mode_scale, generator=gen).to(device)
         v = backbone.velocity(add_noise(x0, noise, sigma), sigma, source,
-                              backbone.encode_prompts(prompts), grid)
+                              backbone.encode_prompts(prompts, pairs.sources[idx]), grid)
         loss = fm_loss(v, x0, noise, sigma, settings.weighting_scheme)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at step {step}; "

@@ -26,9 +26,16 @@ def lora_config(cfg: LoraTrainConfig) -> LoraConfig:
 
 
 def add_lora(transformer: torch.nn.Module, name: str, cfg: LoraTrainConfig) -> None:
-    """Attach a fresh trainable adapter ``name`` and make it the only active one."""
+    """Attach a fresh trainable adapter ``name`` and make it the only active one.
+
+    LoRA weights are kept in float32 even on a bf16 base: AdamW updates at lr 1e-4 would mostly
+    round away in bf16 (diffusers' training scripts do the same with ``cast_training_params``).
+    """
     transformer.add_adapter(lora_config(cfg), adapter_name=name)
     transformer.set_adapters([name])
+    for pname, p in transformer.named_parameters():
+        if f".{name}." in pname:
+            p.data = p.data.float()
 
 
 def save_lora(transformer: torch.nn.Module, name: str, directory: str | Path) -> Path:

@@ -241,6 +241,13 @@ def read_lora(path: str | Path) -> LoraWeights:
     if path.is_dir():
         if (path / "model.pt").exists():
             return read_reference_checkpoint(path)
+        if (path / "adapter_model.safetensors").exists():  # PeftModel.save_pretrained
+            if not (path / "adapter_config.json").exists():
+                raise FileNotFoundError(f"{path}: adapter_model.safetensors without adapter_config.json "
+                                        "(its alpha is unknown)")
+            state, _ = read_state_dict(path / "adapter_model.safetensors")
+            config = json.loads((path / "adapter_config.json").read_text())
+            return from_state_dict(state, source=str(path / "adapter_model.safetensors"), config=config)
         if (path / WEIGHT_NAME).exists():
             path = path / WEIGHT_NAME
         else:
@@ -423,8 +430,8 @@ def load_lora_weights(transformer: nn.Module, weights: LoraWeights, name: str) -
 
     check_fits(weights, transformer)
     state, config = to_diffusers(weights)
-    dtype = next(transformer.parameters()).dtype
-    state = {f"transformer.{k}": v.to(dtype) for k, v in state.items()}
+    # tensors keep their dtype: peft holds adapters of a bf16 model in float32 (autocast_adapter_dtype)
+    state = {f"transformer.{k}": v for k, v in state.items()}
     # diffusers keys both the tensors and the metadata by component ("transformer.")
     metadata = {f"transformer.{k}": v for k, v in config.items()}
     QwenImagePipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=name,

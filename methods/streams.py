@@ -20,15 +20,17 @@ from methods.backbones import TextCondition
 class EffectData:
     name: str                       # the teacher's adapter name in the bank
     sources: torch.Tensor           # (N, T, C) source latents
-    teacher_cond: TextCondition     # one row: the teacher's own prompt
-    student_cond: TextCondition     # one row: the student's prompt (AOP: trigger + description)
+    teacher_cond: TextCondition     # N rows: the teacher's own prompt, encoded with each source
+    student_cond: TextCondition     # N rows: the student's prompt (AOP: trigger + description)
     anchors: torch.Tensor | None    # (N, T, C) the teacher's outputs on those sources (base_pred)
+    uncond: TextCondition           # N rows: the empty (negative) prompt with each source, for CFG
 
 
 @dataclass
 class GeneralData:
     sources: torch.Tensor           # (N, T, C)
     conds: TextCondition            # N rows: each source's instruction
+    uncond: TextCondition           # N rows: the empty prompt with each source
 
 
 @dataclass
@@ -50,20 +52,16 @@ class StreamState:
     left: int = 0
 
 
-def _rows(cond: TextCondition, n: int) -> TextCondition:
-    return TextCondition(cond.embeds.expand(n, -1, -1), cond.mask.expand(n, -1))
-
-
 class StreamSampler:
     def __init__(self, effects: list[EffectData], general: GeneralData | None, *, p_switch: float,
-                 redraw_every: int, batch_size: int, grid: tuple[int, int], uncond: TextCondition) -> None:
+                 redraw_every: int, batch_size: int, grid: tuple[int, int]) -> None:
         if p_switch > 0 and not effects:
             raise ValueError("the effect stream is on (p_switch > 0) but there are no effects")
         if p_switch < 1 and general is None:
             raise ValueError("the general stream is on (p_switch < 1) but there is no general data")
         self.effects, self.general = effects, general
         self.p_switch, self.redraw_every, self.batch_size = p_switch, redraw_every, batch_size
-        self.grid, self.uncond = grid, uncond
+        self.grid = grid
         self.state = StreamState()
 
     def restore(self, state: dict) -> None:
@@ -77,14 +75,13 @@ class StreamSampler:
             s.left = self.redraw_every
         s.left -= 1
         n = self.batch_size
-        uncond = _rows(self.uncond, n)
         if s.stream == "effect":
             e = self.effects[s.effect]
             idx = torch.randint(len(e.sources), (n,), generator=gen)
-            return DistillBatch("effect", e.name, e.sources[idx], _rows(e.student_cond, n),
-                                _rows(e.teacher_cond, n), uncond,
+            return DistillBatch("effect", e.name, e.sources[idx], e.student_cond.index(idx),
+                                e.teacher_cond.index(idx), e.uncond.index(idx),
                                 None if e.anchors is None else e.anchors[idx], self.grid)
         g = self.general
         idx = torch.randint(len(g.sources), (n,), generator=gen)
         cond = g.conds.index(idx)
-        return DistillBatch("general", None, g.sources[idx], cond, cond, uncond, None, self.grid)
+        return DistillBatch("general", None, g.sources[idx], cond, cond, g.uncond.index(idx), None, self.grid)

@@ -58,9 +58,10 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
             for start in range(0, len(rows), 64):
                 src = bb.encode_images(sources[start:start + 64])
                 n = src.shape[0]
-                lat, _ = generate(bb, src, bb.encode_prompts([effect.prompt] * n), bb.latent_grid(h, w),
+                imgs = sources[start:start + 64]
+                lat, _ = generate(bb, src, bb.encode_prompts([effect.prompt] * n, imgs), bb.latent_grid(h, w),
                                   steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg,
-                                  uncond=bb.encode_prompts([""] * n), generator=gen)
+                                  uncond=bb.encode_prompts([""] * n, imgs), generator=gen)
                 outs.append(bb.decode_latents(lat, h, w))
             torch.save(torch.cat(outs), out / "outputs.pt")
         finally:

@@ -34,6 +34,8 @@ class EvalBatch:
     instructions: list[str]
     targets: torch.Tensor | None = None      # exact ground truth (synthetic world only)
     references: torch.Tensor | None = None   # the effect's reference template result
+    reference_sources: torch.Tensor | None = None  # the template's source (BCR shows the template pair)
+    criteria: list[str] | None = None        # expert criteria of the effect, per sample (BCR)
 
     def __len__(self) -> int:
         return self.results.shape[0]
@@ -41,7 +43,8 @@ class EvalBatch:
     def slice(self, start: int, stop: int) -> "EvalBatch":
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
         return EvalBatch(self.results[start:stop], self.sources[start:stop],
-                         self.instructions[start:stop], cut(self.targets), cut(self.references))
+                         self.instructions[start:stop], cut(self.targets), cut(self.references),
+                         cut(self.reference_sources), cut(self.criteria))
 
 
 class MetricUnavailable(RuntimeError):
@@ -69,3 +72,14 @@ METRICS: Registry[type[Metric]] = Registry("metric")
 METRICS.register("gt_psnr", "metrics.synthetic:GroundTruthPSNR")
 METRICS.register("gt_mae", "metrics.synthetic:GroundTruthMAE")
 METRICS.register("src_ssim", "metrics.synthetic:SourceSSIM")
+# Synthetic stand-ins of the MLLM judge / reward model (exact ground truth; weight-free).
+METRICS.register("vsa_syn", "metrics.judge_synthetic:SyntheticVSA")
+METRICS.register("editreward_syn", "metrics.judge_synthetic:SyntheticEditReward")
+METRICS.register("bcr_syn", "metrics.judge_synthetic:SyntheticBCR")
+# The paper's metrics on real backends (weights resolved locally; "missing, and why" without them).
+METRICS.register("clip", "metrics.clip:ClipScore")
+METRICS.register("dino", "metrics.dino:DinoScore")
+METRICS.register("dreamsim", "metrics.dreamsim:DreamSimDistance")
+METRICS.register("vsa", "metrics.judge:VSAJudge")
+METRICS.register("bcr", "metrics.judge:BCRJudge")
+METRICS.register("editreward", "metrics.editreward:EditRewardScore")

@@ -2,6 +2,12 @@
 
 They need no downloads, so an offline run reports real numbers: effect fidelity (the result
 against ``effect(source)``) and structure preservation (the result against its source).
+
+Each stands in for one column of the paper's table (``role``; DESIGN 3.1 / issue 4), with the
+same direction: effect fidelity plays CLIP (``gt_psnr`` up) and DreamSim (``gt_mae`` down) --
+the paper compares with the reference template result, the synthetic world can compare with the
+exact ground truth -- and structure kept plays DINO (``src_ssim`` up). The judge's columns
+(VSA, EditReward, BCR) have stand-ins in ``metrics.judge_synthetic``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from metrics import EvalBatch, Metric, MetricInfo
 
 class GroundTruthPSNR(Metric):
     info = MetricInfo("gt_psnr", higher_is_better=True, compares=("results", "targets"),
-                      synthetic=True, description="PSNR (dB) of the result against the exact effect(source)")
+                      role="CLIP", synthetic=True, description="PSNR (dB) of the result against the exact effect(source)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         mse = ((batch.results - batch.targets) ** 2).flatten(1).mean(1)
@@ -23,7 +29,7 @@ class GroundTruthPSNR(Metric):
 
 class GroundTruthMAE(Metric):
     info = MetricInfo("gt_mae", higher_is_better=False, compares=("results", "targets"),
-                      synthetic=True, description="mean absolute error of the result against effect(source)")
+                      role="DreamSim", synthetic=True, description="mean absolute error of the result against effect(source)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         return (batch.results - batch.targets).abs().flatten(1).mean(1)
@@ -50,7 +56,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 
 class SourceSSIM(Metric):
     info = MetricInfo("src_ssim", higher_is_better=True, compares=("results", "sources"),
-                      synthetic=True, description="luminance SSIM of the result against its source (structure kept)")
+                      role="DINO", synthetic=True, description="luminance SSIM of the result against its source (structure kept)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         return ssim(batch.results, batch.sources)

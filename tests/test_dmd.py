@@ -99,11 +99,10 @@ def _trainer(tmp_path, steps, *, lr=1e-3, work="work"):
                      else tmp_path / "t_a")
     gen = torch.Generator().manual_seed(5)
     src = bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen))
-    effect = EffectData("t_a", src, bb.encode_prompts(["teacher prompt"]), bb.encode_prompts(["zqx, desc"]),
-                        bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen)))
-    general = GeneralData(src, bb.encode_prompts(["keep"] * 6))
-    streams = StreamSampler([effect], general, p_switch=0.5, redraw_every=2, batch_size=2, grid=(4, 4),
-                            uncond=bb.encode_prompts([""]))
+    effect = EffectData("t_a", src, bb.encode_prompts(["teacher prompt"] * 6), bb.encode_prompts(["zqx, desc"] * 6),
+                        bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen)), bb.encode_prompts([""] * 6))
+    general = GeneralData(src, bb.encode_prompts(["keep"] * 6), bb.encode_prompts([""] * 6))
+    streams = StreamSampler([effect], general, p_switch=0.5, redraw_every=2, batch_size=2, grid=(4, 4))
     cfg = DistillConfig(steps=steps, batch_size=2, lr=lr, rank=4, alpha=4, checkpoint_every=3,
                         gen_update_ratio=2)
     return DMDTrainer(bb, bank, streams, cfg, objectives=Objectives(), fast_steps=8, shift=3.0, seed=0,

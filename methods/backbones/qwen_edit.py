@@ -292,29 +292,31 @@ class QwenEditBackbone(Backbone):
 def qwen_image_edit_preset() -> RunConfig:
     """The paper's real-world settings (DESIGN 3.2, 4.1) on Qwen-Image-Edit-2509.
 
-    * 1024 x 1024 images (the reference config's latent shape 128 x 128);
+    * 1024 x 1024 images (the reference config's latent shape 128 x 128), an EffectBench on disk;
     * Base: 40 steps x true CFG 4.0 (NFE 80); Lightning / CollectionLoRA: 8 steps, no CFG;
-      static shift 3.0 (the reference ``timestep_shift``);
-    * LoRA rank 128 / alpha 128 on the 14 module names, batch 1 per GPU, AdamW lr 1e-4;
+      static shift 3.0 (the reference ``timestep_shift``); real score with CFG 4.0;
+    * LoRA rank 128 / alpha 128 on the 14 module names for the student, critic, FM all-in-1 and
+      teachers trained here; batch 1 per GPU, AdamW lr 1e-4 (generator and critic), critic 5:1;
     * bf16 on CUDA with gradient checkpointing.
 
-    Fields the current ``BackboneConfig`` lacks (``path``, ``variant``, ``gradient_checkpointing``,
+    Fields the shared ``BackboneConfig`` lacks (``path``, ``variant``, ``gradient_checkpointing``,
     ``condition_image_area``) are read with ``getattr`` defaults by :class:`QwenEditBackbone`
-    (edit-plus, the HF cache, checkpointing off); once they exist this preset should set
-    ``path="Qwen/Qwen-Image-Edit-2509", variant="edit-plus", gradient_checkpointing=True``.
+    (edit-plus, the HF cache, checkpointing off, 384^2); they are set here once they exist.
     """
     cfg = RunConfig()
-    backbone = replace(cfg.backbone, kind="qwen-image-edit", device="cuda", dtype="bfloat16")
-    extra = {"path": "Qwen/Qwen-Image-Edit-2509", "variant": "edit-plus", "gradient_checkpointing": True}
-    known = {f for f in BackboneConfig.__dataclass_fields__}
-    backbone = replace(backbone, **{k: v for k, v in extra.items() if k in known})
+    wanted = {"kind": "qwen-image-edit", "device": "cuda", "dtype": "bfloat16",
+              "path": "Qwen/Qwen-Image-Edit-2509", "variant": "edit-plus", "gradient_checkpointing": True}
+    backbone = replace(cfg.backbone, **{k: v for k, v in wanted.items() if k in BackboneConfig.__dataclass_fields__})
+    lora = dict(rank=128, alpha=128, batch_size=1, lr=1e-4)
     return replace(
         cfg,
         preset="qwen-image-edit",
         world=replace(cfg.world, kind="effectbench", image_size=1024),
         backbone=backbone,
-        teacher=replace(cfg.teacher, rank=128, alpha=128, target_modules=QWEN_LORA_TARGETS,
-                        batch_size=1, lr=1e-4),
+        teacher=replace(cfg.teacher, target_modules=QWEN_LORA_TARGETS, **lora),
+        fm_all=replace(cfg.fm_all, target_modules=QWEN_LORA_TARGETS, **lora),
+        distill=replace(cfg.distill, real_cfg=4.0, gen_update_ratio=5, p_switch=0.5, **lora),
+        lightning=replace(cfg.lightning, **lora),
         sampling=replace(cfg.sampling, shift=3.0, base_steps=40, base_cfg=4.0, fast_steps=8),
         eval=replace(cfg.eval, batch_size=1),
     )
