@@ -171,6 +171,9 @@ def smoke() -> RunConfig:
     )
 
 
+PRESETS.register("qwen-image-edit", "methods.backbones.qwen_edit:qwen_image_edit_preset")
+
+
 # --------------------------------------------------------------------------------------------
 # overrides, serialisation, hashing
 

@@ -92,3 +92,20 @@ def test_list_methods_and_metrics(capsys):
     assert "base" in capsys.readouterr().out
     assert main(["--list", "metrics"]) == 0
     assert "gt_psnr" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("study, extra", [("composition", ["--pairs", "1"]), ("extension", ["--new", "1"])])
+def test_studies_write_rows(study, extra, tmp_path, cache_dir, capsys):
+    from bench.studies import main as studies
+
+    out = tmp_path / "runs"
+    assert studies([study, "--preset", "smoke", "--effects", "2", "--limit", "2", "--out", str(out),
+                    "--cache", str(cache_dir), "distill.steps=4", *extra]) == 0
+    rows = pd.read_parquet(next(out.glob("cells/*/rows.parquet")))
+    if study == "composition":
+        assert set(rows["method"]) == {"ours (A then B, one pass)", "teacher A -> teacher B"}
+        assert rows.loc[rows.metric == "nfe"].groupby("method")["value"].first().to_dict() == {
+            "ours (A then B, one pass)": 8.0, "teacher A -> teacher B": 40.0}
+    else:
+        assert set(rows["effect_set"]) == {"old", "new"} and rows["method"].nunique() == 2

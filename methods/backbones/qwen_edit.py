@@ -299,14 +299,13 @@ def qwen_image_edit_preset() -> RunConfig:
       teachers trained here; batch 1 per GPU, AdamW lr 1e-4 (generator and critic), critic 5:1;
     * bf16 on CUDA with gradient checkpointing.
 
-    Fields the shared ``BackboneConfig`` lacks (``path``, ``variant``, ``gradient_checkpointing``,
-    ``condition_image_area``) are read with ``getattr`` defaults by :class:`QwenEditBackbone`
-    (edit-plus, the HF cache, checkpointing off, 384^2); they are set here once they exist.
+    Give the dataset with ``world.root=PATH`` (or ``--effects`` as a manifest path); the weights
+    come from ``backbone.path`` (a local directory or a repo id in the HF cache).
     """
     cfg = RunConfig()
     wanted = {"kind": "qwen-image-edit", "device": "cuda", "dtype": "bfloat16",
               "path": "Qwen/Qwen-Image-Edit-2509", "variant": "edit-plus", "gradient_checkpointing": True}
-    backbone = replace(cfg.backbone, **{k: v for k, v in wanted.items() if k in BackboneConfig.__dataclass_fields__})
+    backbone = replace(cfg.backbone, **wanted)
     lora = dict(rank=128, alpha=128, batch_size=1, lr=1e-4)
     return replace(
         cfg,
