@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,7 @@ class ArtifactCache:
                 self._say(f"cached   {label}")
                 return final
             self._say(f"building {label}")
+            started = time.perf_counter()
             tmp = final.parent / f".tmp-{key}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -64,6 +66,7 @@ class ArtifactCache:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
                 shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
+                self._say(f"built    {label} in {time.perf_counter() - started:.1f}s")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final

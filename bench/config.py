@@ -58,8 +58,8 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     """Full flow-matching training of the tiny transformer on general edits (the 'pretrained editor')."""
-    steps: int = 2500
-    batch_size: int = 32
+    steps: int = 1500
+    batch_size: int = 16
     lr: float = 5e-4
     warmup: int = 100
     uncond_prob: float = 0.1         # drop the instruction so true CFG has an unconditional branch
@@ -72,7 +72,7 @@ class LoraTrainConfig:
     rank: int = 16
     alpha: int = 16
     target_modules: tuple[str, ...] = QWEN_LORA_TARGETS
-    steps: int = 200
+    steps: int = 150
     batch_size: int = 16
     lr: float = 1e-3
     weighting_scheme: str = "none"   # diffusers compute_density_for_timestep_sampling scheme

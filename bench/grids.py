@@ -1,14 +1,45 @@
-"""Grids are Python functions returning run cells (resolved RunConfigs); a cell's id is the hash
-of its config. ``python -m bench.run --grid NAME`` runs one; finished cells are skipped."""
+"""Grids are Python functions returning run cells; a cell's id is the hash of its resolved config.
+
+``python -m bench.run --grid NAME`` runs one; finished cells are skipped, failed cells are listed
+and the others still complete. Every grid is the paper's experiment at the preset's scale: the
+default presets use the paper's sizes (50 effects, 10/20/50/100/180, ...), ``smoke`` is the same
+grid made small (the big_vision habit: a smaller config, not a fork).
+
+Grids and what they reproduce:
+
+* ``main``        Table 1: base, lightning, fm_all_in_1, ours (+ merge baselines when registered)
+* ``scaling``     LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects
+* ``ablation``    component ablation: the paper's five rows over PDSR / AOP / TS / TA-FM
+* ``curves``      training curves: ``ours`` and its ablations evaluated every K distillation steps
+* ``deployment``  deployment cost at 10 / 20 / 50 / 100 / 150 effects (measured, bench/deployment.py)
+* ``paper``       all of the above, each cell once
+* ``methods``     the four paper methods on the run's own effects (a quick comparison)
+
+Training curves: ``methods/dmd.py`` keeps only rotating checkpoints in a scratch dir that the
+cache deletes once the LoRA is complete, so intermediate students are not available after a
+run. A curve point at step k is therefore its own cell, ``ours`` with ``distill.steps=k``: the
+DMD loop has a constant learning rate, a stream sampler and RNG that do not depend on the total
+step count, and checkpoints that do not touch the trajectory, so the k-step run *is* the first k
+steps of the full run (exact on CPU). It costs sum(k) instead of max(k) training steps; see
+``CURVES_COST_NOTE`` and the report for the cheaper design that needs a change in methods/.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from bench.config import RunConfig
+from bench.config import PRESETS, RunConfig
 from bench.registry import Registry
 
 GRIDS: Registry = Registry("grid")
+
+PAPER_METHODS: tuple[str, ...] = ("base", "lightning", "fm_all_in_1", "ours")
+# Beyond the paper: weight-merge baselines (+ Lightning), included whenever a method registers them.
+MERGE_METHODS: tuple[str, ...] = ("merge_linear", "merge_ties", "merge_dare")
 
 # The paper's component ablation (CollectionLoRA Table 4): rows (1)-(5) as components switched off.
 ABLATION_ROWS: tuple[tuple[str, ...], ...] = (
@@ -19,14 +50,149 @@ ABLATION_ROWS: tuple[tuple[str, ...], ...] = (
     (),                              # (5) full CollectionLoRA
 )
 
+CURVES_COST_NOTE = ("curve points are separate cells (ours with distill.steps=k): exact prefixes of the "
+                    "full run, at sum(k) training steps instead of max(k)")
+
+
+@dataclass(frozen=True)
+class GridSizes:
+    """How big each paper experiment is at a given preset."""
+    main_effects: int                      # Table 1 / ablation / curves: effects in one CollectionLoRA
+    scaling: tuple[int, ...]               # LoRA scaling: numbers of effects
+    deployment: tuple[int, ...]            # deployment cost: numbers of effects served
+    curve_points: int                      # training curves: evaluated every steps / curve_points steps
+    capacity: int = 50                     # deployment: effects one CollectionLoRA holds (the paper's 50)
+    requests_per_effect: int = 4           # deployment: paraphrased routing requests per effect
+    timing_repeats: int = 5                # deployment: repeats of each latency measurement
+
+
+PAPER_SIZES = GridSizes(main_effects=50, scaling=(10, 20, 50, 100, 180), deployment=(10, 20, 50, 100, 150),
+                        curve_points=6)
+# smoke: the same grids on the smoke preset's 3 effects; deployment keeps the paper's N (it trains
+# nothing: adapter files of the right shapes, routing on paraphrases, timed switches).
+SMOKE_SIZES = GridSizes(main_effects=3, scaling=(2, 3, 4), deployment=(10, 20, 50, 100, 150),
+                        curve_points=3, requests_per_effect=2, timing_repeats=3)
+SIZES: dict[str, GridSizes] = {"smoke": SMOKE_SIZES}
+
+
+def sizes(base: RunConfig) -> GridSizes:
+    return SIZES.get(base.preset, PAPER_SIZES)
+
+
+def main_effects(base: RunConfig) -> int:
+    """Effects of the 50-in-1 experiments: the paper's size, unless ``--effects`` changed it."""
+    default = PRESETS.get(base.preset)().n_effects if base.preset in PRESETS else None
+    return base.n_effects if default is not None and base.n_effects != default else sizes(base).main_effects
+
+
+def _cell(base: RunConfig, method: str, *, n: int, off: Iterable[str] = ()) -> RunConfig:
+    return replace(base, method=method, n_effects=n, components_off=tuple(sorted(off)))
+
+
+def _unique(cells: Iterable[Any]) -> list[Any]:
+    """Cells in order, each resolved config once (grids share cells: main's ours is ablation (5))."""
+    from bench.store import cell_id
+
+    seen: dict[str, Any] = {}
+    for cell in cells:
+        seen.setdefault(cell_id(cell), cell)
+    return list(seen.values())
+
+
+def main_methods() -> list[str]:
+    """The paper's four methods plus every merge baseline registered *now* (checked at call time)."""
+    from methods import METHODS
+
+    return list(PAPER_METHODS) + [m for m in MERGE_METHODS if m in METHODS.names()]
+
+
+# ----------------------------------------------------------------------------------------------
+# grids
+
+
+@GRIDS.register("main")
+def main(base: RunConfig) -> list[RunConfig]:
+    """Table 1: every method on the 50-in-1 effects (merge baselines included when registered)."""
+    n = main_effects(base)
+    return [_cell(base, m, n=n) for m in main_methods()]
+
+
+@GRIDS.register("scaling")
+def scaling(base: RunConfig) -> list[RunConfig]:
+    """LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects."""
+    return [_cell(base, m, n=n) for n in sizes(base).scaling for m in PAPER_METHODS]
+
 
 @GRIDS.register("ablation")
 def ablation(base: RunConfig) -> list[RunConfig]:
-    """The paper's five ablation rows over PDSR / AOP / TS / TA-FM."""
-    return [replace(base, method="ours", components_off=tuple(sorted(off))) for off in ABLATION_ROWS]
+    """The paper's five ablation rows over PDSR / AOP / TS / TA-FM (50-in-1)."""
+    n = main_effects(base)
+    return [_cell(base, "ours", n=n, off=off) for off in ABLATION_ROWS]
+
+
+def curve_steps(total: int, points: int) -> list[int]:
+    """Distillation steps at which a curve is evaluated: ``points`` evenly spaced, ending at ``total``."""
+    points = max(1, min(points, total))
+    return sorted({max(1, round(total * i / points)) for i in range(1, points + 1)})
+
+
+@GRIDS.register("curves")
+def curves(base: RunConfig) -> list[RunConfig]:
+    """Training curves: ours and its ablations evaluated every K distillation steps (one cell per point)."""
+    n = main_effects(base)
+    steps = curve_steps(base.distill.steps, sizes(base).curve_points)
+    # Shorter runs first: a failure shows early and the full runs (shared with `ablation`) come last.
+    return [replace(_cell(base, "ours", n=n, off=off), distill=replace(base.distill, steps=k))
+            for k in steps for off in ABLATION_ROWS]
+
+
+@dataclass(frozen=True)
+class DeploymentCell:
+    """A measurement cell (no training): deployment cost of serving ``n_effects`` effects.
+
+    ``run(out, cache)`` returns tidy rows (bench/deployment.py). ``method`` / ``components_off``
+    let grid runners print it like a RunConfig cell.
+    """
+    base: RunConfig
+    n_effects: int
+    capacity: int = 50
+    routers: tuple[str, ...] = ("exact", "embedding", "mllm")
+    requests_per_effect: int = 4
+    timing_repeats: int = 5
+    seed: int = 0
+    method: str = "deployment"
+    components_off: tuple[str, ...] = ()
+
+    @property
+    def preset(self) -> str:
+        return self.base.preset
+
+    def run(self, out: Path, cache: Any) -> Any:
+        from bench.deployment import measure_deployment
+
+        return measure_deployment(self, out=Path(out), cache=cache)
+
+
+@GRIDS.register("deployment")
+def deployment(base: RunConfig) -> list[DeploymentCell]:
+    """Deployment cost at 10 / 20 / 50 / 100 / 150 effects: storage, routing, switching, latency."""
+    s = sizes(base)
+    return [DeploymentCell(base=base, n_effects=n, capacity=s.capacity, requests_per_effect=s.requests_per_effect,
+                           timing_repeats=s.timing_repeats, seed=base.seed) for n in s.deployment]
+
+
+@GRIDS.register("paper")
+def paper(base: RunConfig) -> list[Any]:
+    """Everything the paper reports: main, scaling, ablation, curves, deployment (each cell once)."""
+    return _unique([*main(base), *ablation(base), *scaling(base), *curves(base), *deployment(base)])
 
 
 @GRIDS.register("methods")
 def methods(base: RunConfig) -> list[RunConfig]:
     """The four paper methods on the run's effects."""
-    return [replace(base, method=m, components_off=()) for m in ("base", "lightning", "fm_all_in_1", "ours")]
+    return [replace(base, method=m, components_off=()) for m in PAPER_METHODS]
+
+
+def storage_collections(n_effects: int, capacity: int) -> int:
+    """CollectionLoRAs needed to serve ``n_effects``: ceil(N / capacity)."""
+    return max(1, math.ceil(n_effects / capacity))

@@ -6,6 +6,9 @@ Examples:
   python -m bench.run --method base --effects 20 --limit 4 teacher.steps=300
   python -m bench.run --grid ablation --preset smoke       # a grid of cells, failures listed
   python -m bench.run --list methods
+  python -m bench.run --grid ablation --preset smoke --executor slurm slurm.partition=gpu slurm.gpus_per_node=1
+  python -m bench.run --status runs                         # each cell: SLURM job state + stored rows
+  python -m bench.run --status runs --resubmit-failed       # resubmit only the failed cells
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun a cell even if it finished before")
     p.add_argument("--grid", default=None, help="run a grid of cells (see --list grids) instead of one run")
     p.add_argument("--list", choices=["methods", "metrics", "presets", "grids"], help="list registered names and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.steps=300")
+    p.add_argument("--executor", choices=["local", "debug", "slurm"], default=None,
+                   help="local: run cells in this process (default); debug/slurm: submitit jobs by stage "
+                        "(slurm: one array per stage, resources from slurm.* overrides, see slurm/executors.py)")
+    p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs and print the status")
+    p.add_argument("--status", default=None, metavar="RUN_DIR", help="show each cell's job and store state and exit")
+    p.add_argument("--resubmit-failed", action="store_true", help="with --status: resubmit the failed cells alone")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. teacher.steps=300; slurm.<field>=value sets job resources")
     return p
 
 
@@ -88,13 +98,18 @@ def run_cell(cfg: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = F
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
     t2 = time.perf_counter()
     store.write_rows(cid, rows)
+    from metrics.cache import forward_report
+
+    print(forward_report())
     print(f"cell {cid}: {len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s, "
           f"{len(rows)} rows -> {store.cell_dir(cid)}")
     return rows
 
 
-def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False) -> int:
-    """Run every cell of a grid locally; a failing cell does not stop the others."""
+def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
+             executor: str = "local", slurm=None, wait: bool = False) -> int:
+    """Run every cell of a grid locally; a failing cell does not stop the others.
+    ``executor`` debug/slurm submits the grid as submitit jobs instead (slurm/dispatch.py)."""
     import traceback
 
     import pandas as pd
@@ -103,6 +118,12 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
     from reports.tables import means_table
 
     cells = GRIDS.get(name)(base)
+    if executor != "local":
+        from slurm.dispatch import run_cli
+        from slurm.executors import SlurmConfig
+
+        return run_cli(cells, out, str(cache.root), executor=executor, slurm=slurm or SlurmConfig(),
+                       name=name, force=force, wait=wait)
     print(f"grid {name}: {len(cells)} cells -> {out}")
     done, failed = [], []
     for i, cell in enumerate(cells):
@@ -127,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return list_names(args.list)
     try:
+        slurm = _slurm_config(args)  # takes the slurm.* overrides out of args.overrides
+        if args.status:
+            from slurm.status import print_status, resubmit_failed
+
+            if args.resubmit_failed:
+                resubmit_failed(args.status, executor=args.executor, wait=args.wait,
+                                slurm=slurm if args.slurm_overrides else None)
+            return print_status(args.status)
         cfg = resolve_config(args)
     except (UnknownNameError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -135,13 +164,28 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     if args.grid:
-        return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+        return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
+                        executor=args.executor or "local", slurm=slurm, wait=args.wait)
+    if (args.executor or "local") != "local":
+        from slurm.dispatch import run_cli
+
+        return run_cli([cfg], Path(args.out), args.cache, executor=args.executor, slurm=slurm,
+                       name=cfg.method, force=args.force, wait=args.wait)
     rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
     print()
     print(f"{cfg.method} on {cfg.n_effects} effects (preset {cfg.preset}, seed {cfg.seed}):")
     print(means_table(rows))
     print(f"\ntotal {time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _slurm_config(args: argparse.Namespace):
+    """``slurm.<field>=value`` overrides -> SlurmConfig; removes them from ``args.overrides``."""
+    from slurm.executors import SlurmConfig
+
+    args.slurm_overrides = [o[len("slurm."):] for o in args.overrides if o.startswith("slurm.")]
+    args.overrides = [o for o in args.overrides if not o.startswith("slurm.")]
+    return apply_overrides(SlurmConfig(), args.slurm_overrides)
 
 
 def list_names(what: str) -> int:

@@ -1,8 +1,152 @@
-"""Markdown tables of metric means (methods x metrics), with direction arrows and bold best."""
+"""Markdown tables from tidy result rows, laid out like the paper's (the only place rows are pivoted).
+
+Columns are keyed on a metric's ``role`` (the paper column it stands for: CLIP, DreamSim, DINO,
+VSA, EditReward, BCR, NFE) where set, else on the metric's name. Arrows give the direction, the
+best measured value per column is bold, the paper's own numbers live in separate tables that say
+so (``reports/paper_numbers.py``) and never take part in the bold.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import pandas as pd
+
+from reports import paper_numbers as paper
+
+ARROW = {True: "↑", False: "↓"}
+
+
+# ----------------------------------------------------------------------------------------------
+# columns
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str                 # header text without the arrow ("CLIP", "CLIP (clip)", "gt_psnr")
+    metric: str | None         # the metric measured in this column (None: not measured)
+    role: str                  # paper role or ""
+    higher: bool
+    synthetic: bool = False
+    missing_note: str = ""     # why a role's metric is missing, if it is
+
+    @property
+    def header(self) -> str:
+        return f"{self.label} {ARROW[self.higher]}"
+
+
+def _first(rows: pd.DataFrame, col: str, default):
+    return rows[col].iloc[0] if col in rows.columns and len(rows) else default
+
+
+def metric_columns(rows: pd.DataFrame, *, paper_roles: bool = True) -> list[Column]:
+    """One column per paper role (in the paper's order; NFE last), then every metric without a role.
+
+    A role played by one measured metric is labelled with the role; by several, ``role (metric)``
+    each. With ``paper_roles`` every paper role gets a column even when unmeasured (shown as —).
+    """
+    roles = rows["role"].fillna("") if "role" in rows.columns else pd.Series("", index=rows.index)
+    cols: list[Column] = []
+    for role in paper.ROLES:
+        sub = rows[roles == role]
+        ok = sub[sub["status"] == "ok"]
+        metrics = list(dict.fromkeys(ok["metric"]))
+        if len(metrics) == 1:
+            m = ok[ok.metric == metrics[0]]
+            higher = bool(_first(m, "higher_is_better", paper.HIGHER_IS_BETTER[role]))
+            cols.append(Column(role, metrics[0], role, higher, bool(_first(m, "synthetic", False))))
+        elif metrics:
+            for name in metrics:
+                m = ok[ok.metric == name]
+                cols.append(Column(f"{role} ({name})", name, role, bool(_first(m, "higher_is_better", True)),
+                                   bool(_first(m, "synthetic", False))))
+        elif len(sub) or paper_roles:
+            note = "; ".join(dict.fromkeys(f"{r.metric}: {r.note}" for r in sub.itertuples() if r.note))
+            cols.append(Column(role, None, role, paper.HIGHER_IS_BETTER[role], missing_note=note or "not measured"))
+    for name in dict.fromkeys(rows.loc[roles == "", "metric"]):
+        m = rows[(rows.metric == name) & (rows.status == "ok")]
+        if m.empty:
+            continue
+        cols.append(Column(name, name, "", bool(_first(m, "higher_is_better", True)),
+                           bool(_first(m, "synthetic", False))))
+    # NFE last, as in the paper
+    return sorted(cols, key=lambda c: c.role == "NFE")
+
+
+def legend(cols: Sequence[Column], descriptions: dict[str, str] | None = None) -> str:
+    """One line naming the metric behind each role column (and why a column is empty)."""
+    parts = []
+    for c in cols:
+        if c.metric is None:
+            parts.append(f"{c.label}: — ({c.missing_note})")
+        elif c.role and c.label == c.role and c.metric.lower() != c.role.lower():
+            what = ", ".join(filter(None, ["synthetic" if c.synthetic else "", (descriptions or {}).get(c.metric, "")]))
+            parts.append(f"{c.role} = `{c.metric}` ({what})" if what else f"{c.role} = `{c.metric}`")
+    return ("Columns: " + "; ".join(parts) + ".") if parts else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers
+
+
+def decimals(values, label: str = "") -> int:
+    """Decimals for a whole column (one format per column): 3 below 10, 2 below 100, else 1."""
+    if label.startswith("NFE"):
+        return 0
+    finite = [abs(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    top = max(finite, default=0.0)
+    return 3 if top < 10 else 2 if top < 100 else 1
+
+
+def fmt(value: float, label: str = "", digits: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    d = decimals([value], label) if digits is None else digits
+    return f"{value:.{d}f}"
+
+
+def column_formatter(values, label: str = "") -> Callable[[float], str]:
+    d = decimals(list(values), label)
+    return lambda v: fmt(v, label, d)
+
+
+def column_means(rows: pd.DataFrame, by: Sequence[str], cols: Sequence[Column]) -> pd.DataFrame:
+    """Mean of each column's metric per ``by`` group (ok rows only); index = groups, columns = labels."""
+    ok = rows[rows["status"] == "ok"]
+    out = {}
+    for c in cols:
+        if c.metric is None:
+            continue
+        sub = ok[ok.metric == c.metric]
+        if not sub.empty:
+            out[c.label] = sub.groupby(list(by))["value"].mean()
+    table = pd.DataFrame(out)
+    for c in cols:
+        if c.label not in table.columns:
+            table[c.label] = float("nan")
+    return table[[c.label for c in cols]]
+
+
+def bold_best(values: pd.Series, higher: bool, text: Callable[[float], str]) -> list[str]:
+    """Format a column; the best value (ties included) in bold when more than one row has a value."""
+    finite = values.dropna()
+    best = (finite.max() if higher else finite.min()) if len(finite) else None
+    out = []
+    for v in values:
+        s = text(v)
+        out.append(f"**{s}**" if best is not None and len(finite) > 1 and not pd.isna(v)
+                   and math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12) else s)
+    return out
+
+
+def render(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# legacy quick table (bench.run prints it after every run)
 
 
 def means_table(rows: pd.DataFrame, index: tuple[str, ...] = ("method", "ablation")) -> str:
@@ -19,12 +163,229 @@ def means_table(rows: pd.DataFrame, index: tuple[str, ...] = ("method", "ablatio
         higher = bool(direction[col])
         best = table[col].max() if higher else table[col].min()
         arrow = "↑" if higher else "↓"
-        fmt = (lambda v: f"{v:.0f}") if col == "nfe" else (lambda v: f"{v:.4f}")
+        fmt_ = (lambda v: f"{v:.0f}") if col == "nfe" else (lambda v: f"{v:.4f}")
         shown[f"{col} {arrow}"] = [
-            ("—" if pd.isna(v) else (f"**{fmt(v)}**" if len(table) > 1 and v == best else fmt(v)))
+            ("—" if pd.isna(v) else (f"**{fmt_(v)}**" if len(table) > 1 and v == best else fmt_(v)))
             for v in table[col]]
     missing = rows[rows["status"] != "ok"].drop_duplicates("metric")
     text = shown.reset_index().to_markdown(index=False)
     for _, r in missing.iterrows():
         text += f"\n\n_{r['metric']}: missing — {r['note']}_"
     return text
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's tables, measured
+
+
+def method_order(methods: Sequence[str]) -> list[str]:
+    known = list(paper.METHOD_LABELS)
+    return sorted(dict.fromkeys(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
+
+
+def label(method: str) -> str:
+    return paper.METHOD_LABELS.get(method, method)
+
+
+def setting(method: str, n_effects: int) -> str:
+    return "Single effect" if method in ("base", "lightning") else f"{n_effects} effects in 1"
+
+
+def main_table(rows: pd.DataFrame, *, by_category: bool = False) -> str:
+    """Table 1: Setting | Method | CLIP ↑ ... BCR ↓ | NFE ↓ (means over effects, samples, seeds)."""
+    if rows.empty:
+        return "_no rows_"
+    cols = metric_columns(rows)
+    by = ["method"] + (["category"] if by_category else [])
+    means = column_means(rows, by, cols)
+    n = int(rows["n_effects"].max())
+    order = method_order(means.index.get_level_values("method"))
+    keys = [k for m in order for k in means.index if (k[0] if by_category else k) == m]
+    means = means.loc[keys]
+    out = pd.DataFrame({"Setting": [setting(k[0] if by_category else k, n) for k in keys],
+                        "Method": [label(k[0] if by_category else k) for k in keys]})
+    if by_category:
+        out.insert(2, "Category", [k[1] for k in keys])
+    for c in cols:
+        vals = means[c.label]
+        if by_category:  # best per column within each category
+            shown = pd.Series("", index=range(len(keys)), dtype=object)
+            cats = [k[1] for k in keys]
+            for cat in dict.fromkeys(cats):
+                idx = [i for i, k in enumerate(cats) if k == cat]
+                sub = vals.iloc[idx]
+                for i, s in zip(idx, bold_best(sub, c.higher, column_formatter(vals, c.label))):
+                    shown[i] = s
+            out[c.header] = list(shown)
+        else:
+            out[c.header] = bold_best(vals, c.higher, column_formatter(vals, c.label))
+    return render(out)
+
+
+def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
+    """LoRA scaling: Method | 10 LoRAs | 20 LoRAs | ... for one role (best per column bold)."""
+    cols = [c for c in metric_columns(rows, paper_roles=False) if c.role == role and c.metric]
+    if not cols:
+        return f"_no measured {role}-role metric_"
+    c = cols[0]
+    ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
+    pivot = ok.pivot_table(index="method", columns="n_effects", values="value", aggfunc="mean")
+    pivot = pivot.loc[method_order(pivot.index)]
+    out = pd.DataFrame({"Method": [label(m) for m in pivot.index]})
+    for n in sorted(pivot.columns):
+        out[f"{n} LoRAs"] = bold_best(pivot[n], c.higher, column_formatter(pivot.values.ravel(), c.label))
+    return f"{c.header} (`{c.metric}`)\n\n" + render(out)
+
+
+def ablation_table(rows: pd.DataFrame) -> str:
+    """Exp | PDSR | AOP | TS | TA-FM | metrics: one row per set of components switched off."""
+    if rows.empty:
+        return "_no rows_"
+    cols = [c for c in metric_columns(rows) if c.role != "NFE"]
+    means = column_means(rows, ["ablation"], cols)
+
+    def off(ab: str) -> tuple[str, ...]:
+        return () if ab in ("", "none") else tuple(ab.split(","))
+
+    keyed = sorted(means.index, key=lambda ab: (paper.ablation_exp(off(ab)) or "(9)", ab))
+    means = means.loc[keyed]
+    out = pd.DataFrame({"Exp.": [paper.ablation_exp(off(ab)) or f"off: {ab}" for ab in keyed]})
+    names = {"pdsr": "PDSR", "aop": "AOP", "ts": "TS", "tafm": "TA-FM"}
+    for comp in paper.ABLATION_COMPONENTS:
+        out[names[comp]] = ["" if comp in off(ab) else "✓" for ab in keyed]
+    for c in cols:
+        out[c.header] = bold_best(means[c.label], c.higher, column_formatter(means[c.label], c.label))
+    return render(out)
+
+
+# deployment --------------------------------------------------------------------------------------
+
+DEPLOY_METHOD = {"baseline": "Baseline (N LoRAs + Lightning)", "ours": "Ours (⌈N/capacity⌉ CollectionLoRAs)",
+                 "base": "Base (true CFG, per-effect LoRA)"}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def human_seconds(s: float) -> str:
+    if s == 0:
+        return "0 s"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def deployment_table(rows: pd.DataFrame) -> str:
+    """Metric | Method | N=10 | ... with the paper's three blocks first, then switching and serving."""
+    if rows.empty:
+        return "_no deployment rows_"
+    rows = rows.copy()
+    rows["router"] = rows["router"].fillna("") if "router" in rows.columns else ""
+    ok = rows[rows.status == "ok"]
+    ns = sorted(rows["n_effects"].unique())
+    lines: list[dict] = []
+
+    def block(title: str, metric: str, methods: Sequence[str], text: Callable[[float, pd.DataFrame], str],
+              router: str = "", higher: bool = False) -> None:
+        sub = ok[(ok.metric == metric) & (ok.router == router)]
+        if sub.empty:
+            return
+        means = sub.groupby(["method", "n_effects"])["value"].mean()
+        present = [m for m in methods if m in sub.method.unique()]
+        per_n = {n: [means.get((m, n), float("nan")) for m in present] for n in ns}
+        shown = {n: ["—" if pd.isna(v) else text(v, sub[(sub.method == m) & (sub.n_effects == n)])
+                     for m, v in zip(present, per_n[n])] for n in ns}
+        for j, m in enumerate(present):
+            line = {"Metric": title if j == 0 else "", "Method": DEPLOY_METHOD.get(m, m)}
+            for n in ns:
+                v, s = per_n[n][j], shown[n][j]
+                finite = [x for x in per_n[n] if not pd.isna(x)]
+                best = (max(finite) if higher else min(finite)) if finite else None
+                # bold the best only where it reads differently from another method's value
+                distinct = len({t for t in shown[n] if t != "—"}) > 1
+                line[f"N={n}"] = f"**{s}**" if distinct and not pd.isna(v) and math.isclose(v, best) else s
+            lines.append(line)
+
+    routers = [r for r in dict.fromkeys(rows.loc[rows.metric == "routing_latency_s", "router"]) if r]
+    for r in routers:
+        block(f"Routing latency ↓ ({r})", "routing_latency_s", ["baseline", "ours"], lambda v, _: human_seconds(v), r)
+    for r in routers:
+        block(f"Routing accuracy ↑ ({r})", "routing_accuracy", ["baseline", "ours"], lambda v, _: f"{v:.0%}", r,
+              higher=True)
+
+    def storage(v: float, sub: pd.DataFrame) -> str:
+        files = ok[(ok.metric == "storage_files") & ok.method.isin(sub.method.unique()) &
+                   ok.n_effects.isin(sub.n_effects.unique())]["value"]
+        k = int(files.iloc[0]) if len(files) else 0
+        return human_bytes(v) + (f" ({k} file{'s' if k != 1 else ''})" if k else "")
+
+    block("Storage ↓", "storage_bytes", ["baseline", "ours"], storage)
+    block("Switch: load + unload ↓", "switch_load_unload_s", ["baseline"], lambda v, _: human_seconds(v))
+    block("Switch: hotswap ↓", "switch_hotswap_s", ["baseline"], lambda v, _: human_seconds(v))
+    block("Fuse once (start-up) ↓", "fuse_once_s", ["ours"], lambda v, _: human_seconds(v))
+    block("Switch: fused collection ↓", "switch_fused_s", ["ours"], lambda v, _: human_seconds(v))
+    block("End-to-end per image ↓", "e2e_latency_s", ["base", "baseline", "ours"], lambda v, _: human_seconds(v))
+    block("Peak memory ↓", "peak_memory_bytes", ["base", "baseline", "ours"], lambda v, _: human_bytes(v))
+    if not lines:
+        return "_no deployment rows_"
+    text = render(pd.DataFrame(lines))
+    text += ("\n\nRouters: `exact` matches a trigger word or the exact instruction (paraphrases never contain "
+             "them); `embedding` is a weight-free hashed n-gram TF-IDF nearest neighbour; `mllm` asks an "
+             "OpenAI-compatible endpoint.")
+    missing = rows[rows.status != "ok"][["metric", "router", "note"]].drop_duplicates(["router", "note"])
+    for r in missing.itertuples():
+        text += f"\n\n_{r.metric}{f' ({r.router})' if r.router else ''}: missing — {r.note}_"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's numbers (always labelled as the paper's)
+
+
+def paper_main_table() -> str:
+    out = []
+    for m, vals in paper.MAIN.items():
+        line = {"Setting": paper.MAIN_SETTING[m], "Method": label(m)}
+        for r in paper.ROLES:
+            v = vals[r]
+            line[f"{r} {ARROW[paper.HIGHER_IS_BETTER[r]]}"] = v if isinstance(v, str) else fmt(float(v), r)
+        out.append(line)
+    return render(pd.DataFrame(out))
+
+
+def paper_scaling_table() -> str:
+    out = [{"Method": label(m), **{f"{n} LoRAs": fmt(v) for n, v in vals.items()}} for m, vals in paper.SCALING.items()]
+    return "CLIP ↑\n\n" + render(pd.DataFrame(out))
+
+
+def paper_deployment_table() -> str:
+    names = {"routing_latency_s": "Routing latency ↓", "routing_accuracy": "Routing accuracy ↑", "storage": "Storage ↓"}
+    out = []
+    for metric, per_method in paper.DEPLOYMENT.items():
+        for j, (m, vals) in enumerate(per_method.items()):
+            line = {"Metric": names[metric] if j == 0 else "", "Method": "Baseline" if m == "baseline" else "Ours"}
+            for n, v in vals.items():
+                line[f"N={n}"] = (f"{v:.0%}" if metric == "routing_accuracy" else
+                                  f"{v:g}s" if metric == "routing_latency_s" else str(v))
+            out.append(line)
+    return render(pd.DataFrame(out))
+
+
+def paper_ablation_table() -> str:
+    names = {"pdsr": "PDSR", "aop": "AOP", "ts": "TS", "tafm": "TA-FM"}
+    out = []
+    for row in paper.ABLATION:
+        line = {"Exp.": row["exp"]}
+        for comp in paper.ABLATION_COMPONENTS:
+            line[names[comp]] = "✓" if comp in row["on"] else ""
+        for r in paper.ROLES[:-1]:
+            line[f"{r} {ARROW[paper.HIGHER_IS_BETTER[r]]}"] = fmt(float(row[r]))
+        out.append(line)
+    return render(pd.DataFrame(out))
