@@ -4,10 +4,12 @@ CollectionLoRA removes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.effectbench import EffectSpec
-from methods import EditOutput
+from methods import EditOutput, Method
 from methods.base import Base
 from methods.distill import edit_with, lightning_lora
 from methods.lora import lora_bytes
@@ -19,13 +21,10 @@ class BasePlusLightning(Base):
     name = "lightning"
 
     def prepare(self, effects: list[EffectSpec]) -> None:
-        self.lightning = lightning_lora(self.ws)
-        super().prepare(effects)
-        self.backbone_load_lightning()
-
-    def backbone_load_lightning(self) -> None:
         from methods.lora import load_lora
 
+        self.lightning = lightning_lora(self.ws)
+        super().prepare(effects)
         load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
 
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
@@ -37,3 +36,33 @@ class BasePlusLightning(Base):
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return super().adapter_bytes(effects) + lora_bytes(self.lightning)
+
+
+class StackedWithLightning(Method):
+    """One multi-effect LoRA (built by ``build_lora``) stacked with Lightning: 8 steps, no CFG,
+    each effect's own prompt. FM all-in-1 and the merge baselines differ only in the LoRA."""
+
+    ADAPTER = "multi_effect"
+
+    def build_lora(self, effects: list[EffectSpec]) -> Path:
+        raise NotImplementedError
+
+    def prepare(self, effects: list[EffectSpec]) -> None:
+        from methods.adapters import AdapterBank
+        from methods.lora import load_lora
+
+        self.lightning = lightning_lora(self.ws)
+        self.lora = self.build_lora(effects)
+        self.backbone = self.ws.load_backbone()
+        load_lora(self.backbone.transformer, self.lora, self.ADAPTER)
+        load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
+        self.bank = AdapterBank(self.backbone.transformer)
+
+    def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
+        s = self.ws.cfg.sampling
+        images, nfe = edit_with(self.backbone, self.bank, (self.ADAPTER, LIGHTNING), sources, effect.prompt,
+                                steps=s.fast_steps, shift=s.shift, cfg_scale=1.0, generator=generator)
+        return EditOutput(images, nfe, effect.prompt)
+
+    def adapter_bytes(self, effects: list[EffectSpec]) -> int:
+        return lora_bytes(self.lora) + lora_bytes(self.lightning)

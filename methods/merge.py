@@ -5,6 +5,7 @@ They answer "why distil at all, when merging is free?" -- and show the interfere
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -12,11 +13,9 @@ from peft.tuners.lora import LoraModel
 
 from bench.config import config_hash
 from bench.effectbench import EffectSpec
-from methods import EditOutput, Method
 from methods.adapters import AdapterBank
-from methods.distill import edit_with, lightning_lora
-from methods.lightning import LIGHTNING
-from methods.lora import load_lora, lora_bytes, save_lora
+from methods.lightning import StackedWithLightning
+from methods.lora import save_lora
 
 MERGED = "merged"
 
@@ -44,16 +43,15 @@ def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSp
     transformer.delete_adapters(["_merge_anchor"])
 
 
-class MergeBaseline(Method):
+class MergeBaseline(StackedWithLightning):
     spec: MergeSpec
 
-    def prepare(self, effects: list[EffectSpec]) -> None:
+    def build_lora(self, effects: list[EffectSpec]) -> Path:
         ws = self.ws
-        self.lightning = lightning_lora(ws)
         teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
         key = config_hash(ws.base_key, self.spec.__dict__, sorted(p.name for p in teachers.values()))
 
-        def build(out) -> None:
+        def build(out: Path) -> None:
             bb = ws.load_backbone()
             bank = AdapterBank(bb.transformer)  # validated loading: ranks and targets must agree
             for name, path in teachers.items():
@@ -61,21 +59,8 @@ class MergeBaseline(Method):
             merge_teachers(bb.transformer, list(teachers), self.spec)
             save_lora(bb.transformer, MERGED, out)
 
-        self.lora = ws.cache.get_or_build("merged", key, build, label=f"{self.name} of {len(effects)} teachers",
-                                          config={"spec": self.spec.__dict__, "effects": list(teachers)})
-        self.backbone = ws.load_backbone()
-        load_lora(self.backbone.transformer, self.lora, MERGED)
-        load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
-        self.bank = AdapterBank(self.backbone.transformer)
-
-    def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
-        s = self.ws.cfg.sampling
-        images, nfe = edit_with(self.backbone, self.bank, (MERGED, LIGHTNING), sources, effect.prompt,
-                                steps=s.fast_steps, shift=s.shift, cfg_scale=1.0, generator=generator)
-        return EditOutput(images, nfe, effect.prompt)
-
-    def adapter_bytes(self, effects: list[EffectSpec]) -> int:
-        return lora_bytes(self.lora) + lora_bytes(self.lightning)
+        return ws.cache.get_or_build("merged", key, build, label=f"{self.name} of {len(effects)} teachers",
+                                     config={"spec": self.spec.__dict__, "effects": list(teachers)})
 
 
 class MergeLinear(MergeBaseline):
