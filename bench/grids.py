@@ -167,6 +167,17 @@ class DeploymentCell:
     def preset(self) -> str:
         return self.base.preset
 
+    @classmethod
+    def is_config(cls, data: dict) -> bool:
+        """Whether a stored ``config.json`` dict is a deployment cell's (else a RunConfig's)."""
+        return "base" in data and "capacity" in data
+
+    @classmethod
+    def from_dict(cls, data: dict, run_config: Any) -> "DeploymentCell":
+        """Rebuild from ``config.json``; ``run_config(dict) -> RunConfig`` rebuilds the base."""
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k != "base"}
+        return cls(base=run_config(data["base"]), **fields)
+
     def run(self, out: Path, cache: Any) -> Any:
         from bench.deployment import measure_deployment
 

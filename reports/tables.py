@@ -282,6 +282,11 @@ def human_seconds(s: float) -> str:
     return f"{s:.2f} s"
 
 
+def deployment_agg(metric: str) -> str:
+    """Latencies: the median request (robust to load spikes on a shared machine); others: the mean."""
+    return "median" if metric.endswith("_s") else "mean"
+
+
 def deployment_table(rows: pd.DataFrame) -> str:
     """Metric | Method | N=10 | ... with the paper's three blocks first, then switching and serving."""
     if rows.empty:
@@ -297,7 +302,7 @@ def deployment_table(rows: pd.DataFrame) -> str:
         sub = ok[(ok.metric == metric) & (ok.router == router)]
         if sub.empty:
             return
-        means = sub.groupby(["method", "n_effects"])["value"].mean()
+        means = sub.groupby(["method", "n_effects"])["value"].agg(deployment_agg(metric))
         present = [m for m in methods if m in sub.method.unique()]
         per_n = {n: [means.get((m, n), float("nan")) for m in present] for n in ns}
         shown = {n: ["—" if pd.isna(v) else text(v, sub[(sub.method == m) & (sub.n_effects == n)])

@@ -1,0 +1,400 @@
+"""``python -m bench.tune``: an optuna study over CollectionLoRA's distillation hyper-parameters.
+
+Each trial is one run cell (``bench.run.run_cell``) submitted as a submitit job (``--executor
+local|debug|slurm``); its objective is the mean of ``--metric`` over the cell's result rows.
+While a trial trains, the student is scored on a few test samples at every DMD checkpoint and
+the driver reports these intermediate values to optuna: the median pruner cancels trials that
+fall behind. The study lives in an optuna journal file in the output directory (safe when
+several drivers or jobs share it on a network filesystem; a fresh SQLite file is not).
+
+Examples:
+  python -m bench.tune --preset smoke --trials 8 --parallel 2
+  python -m bench.tune --preset smoke --metric gt_mae --direction minimize --space p_switch,lr
+  python -m bench.tune --executor slurm --trials 32 --parallel 8 slurm.partition=gpu slurm.gpus_per_node=1
+  python -m bench.tune --report runs/tune                    # table + plot of an existing study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench.cache import ArtifactCache
+from bench.config import RunConfig
+from bench.store import ResultStore, cell_id
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyper-parameter: how optuna suggests it and how it sets the config."""
+
+    suggest: Callable[[Any], Any]               # optuna.Trial -> value
+    apply: Callable[[RunConfig, Any], RunConfig]
+    help: str
+
+
+def _distill(**kw: Any) -> Callable[[RunConfig, Any], RunConfig]:
+    (field_name, fn), = kw.items()
+    return lambda cfg, v: replace(cfg, distill=replace(cfg.distill, **{field_name: fn(v)}))
+
+
+SPACE: dict[str, Param] = {
+    "p_switch": Param(lambda t: t.suggest_float("p_switch", 0.1, 0.9), _distill(p_switch=float),
+                      "PDSR: probability of the effect stream"),
+    "tafm_weight": Param(lambda t: t.suggest_float("tafm_weight", 0.1, 10.0, log=True), _distill(tafm_weight=float),
+                         "TA-FM anchor loss weight"),
+    "ts_weight": Param(lambda t: t.suggest_float("ts_weight", 0.1, 10.0, log=True), _distill(ts_weight=float),
+                       "TS target-simulation loss weight"),
+    "rank": Param(lambda t: t.suggest_categorical("rank", [4, 8, 16, 32]),
+                  lambda cfg, v: replace(cfg, distill=replace(cfg.distill, rank=int(v), alpha=int(v))),
+                  "student/critic LoRA rank (alpha = rank)"),
+    "lr": Param(lambda t: t.suggest_float("lr", 1e-5, 1e-3, log=True), _distill(lr=float),
+                "AdamW learning rate of generator and critic"),
+}
+
+INTERMEDIATE = "intermediate.jsonl"   # per cell: {"step", "value"} at every DMD checkpoint
+
+
+# --------------------------------------------------------------------------------------------
+# the trial job
+
+
+def _intermediate_trainer(ws, prompt_of: Callable, metric_name: str, path: Path, limit: int):  # noqa: ANN001
+    """A DMDTrainer that also scores the student at every checkpoint (``path`` gets one JSON
+    line per checkpoint). Scoring uses its own RNG, so training is unchanged."""
+    import torch
+
+    from methods.distill import edit_with
+    from methods.dmd import STUDENT, DMDTrainer
+    from metrics import METRICS, EvalBatch
+
+    metric = METRICS.get(metric_name)()
+
+    class ReportingTrainer(DMDTrainer):
+        def save_checkpoint(self) -> Path:
+            saved = super().save_checkpoint()
+            with torch.no_grad():
+                value = self._score()
+            with path.open("a") as f:
+                f.write(json.dumps({"step": self.step, "value": value}) + "\n")
+            return saved
+
+        def _score(self) -> float:
+            s, scores = ws.cfg.sampling, []
+            for effect in ws.bench.effects:
+                tests = ws.bench.test_rows(effect.lora_name)[:limit]
+                sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
+                targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
+                           if all(t.target_image is not None for t in tests) else None)
+                template = ws.bench.templates_for(effect.lora_name)[0]
+                reference = ws.images([template.template_result], [template.origin])
+                gen = torch.Generator().manual_seed(ws.cfg.seed)
+                prompt = prompt_of(effect)
+                images, _ = edit_with(self.bb, self.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
+                                      shift=s.shift, cfg_scale=1.0, generator=gen)
+                batch = EvalBatch(images.cpu(), sources, [prompt] * len(tests), targets,
+                                  reference.expand(len(tests), -1, -1, -1))
+                scores += metric.score(batch)
+            self.bank.activate()
+            return float(sum(scores) / len(scores))
+
+    return ReportingTrainer
+
+
+def metric_mean(rows, metric: str) -> float:  # noqa: ANN001
+    ok = rows[(rows["metric"] == metric) & (rows["status"] == "ok")]
+    if ok.empty:
+        raise ValueError(f"no '{metric}' rows with status ok (metrics in the rows: "
+                         f"{', '.join(sorted(set(rows['metric'])))})")
+    return float(ok["value"].mean())
+
+
+class TrialJob(submitit.helpers.Checkpointable):
+    """One trial: run the cell (requeueable; training resumes from its checkpoints), with
+    intermediate scores at every DMD checkpoint; returns the mean of ``metric``."""
+
+    def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
+        from unittest import mock
+
+        import methods.distill
+        from bench.run import run_cell
+        from bench.workspace import Workspace
+        from methods import METHODS, resolve_components
+        from slurm.dispatch import _job_threads, load_config
+
+        _job_threads()
+        cfg = load_config(config_path)
+        cache_obj = ArtifactCache(cache)
+        ws = Workspace(cfg, cache_obj)
+        method_cls = METHODS.get(cfg.method)
+        method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
+        prompt_of = getattr(method, "student_prompt", lambda e: e.prompt)
+        trainer = _intermediate_trainer(ws, prompt_of, metric, Path(config_path).parent / INTERMEDIATE, probe_limit)
+        with mock.patch.object(methods.distill, "DMDTrainer", trainer):
+            rows = run_cell(cfg, Path(out), cache_obj)
+        return metric_mean(rows, metric)
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class _Running:
+    trial: Any            # optuna.Trial
+    job: Any              # submitit.Job
+    cell_dir: Path
+    reported: int = 0     # intermediate lines already reported
+    last_step: int = 0    # DMD step of the last one
+
+
+def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, direction: str, trials: int,
+              parallel: int, space: list[str], executor: str = "local", slurm=None, study_name: str = "tune",  # noqa: ANN001
+              seed: int = 0, prune: bool = True, poll_s: float = 2.0, probe_limit: int = 2):
+    """Run ``trials`` trials (at most ``parallel`` at once) and return the optuna study."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from slurm.executors import SlurmConfig, make_executor
+
+    unknown = [p for p in space if p not in SPACE]
+    if unknown:
+        raise ValueError(f"unknown search parameter(s) {unknown}; valid: {', '.join(SPACE)}")
+    out.mkdir(parents=True, exist_ok=True)
+    cache_root = str(ArtifactCache(cache).root)
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
+    study = optuna.create_study(study_name=study_name, storage=storage, direction=direction, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    study.set_user_attr("metric", metric)
+    store = ResultStore(out)
+    slurm = slurm or SlurmConfig()
+    running: list[_Running] = []
+    started = 0
+    t0 = time.perf_counter()
+    while started < trials or running:
+        while started < trials and len(running) < parallel:
+            trial = study.ask()
+            cfg = base
+            for name in space:
+                cfg = SPACE[name].apply(cfg, SPACE[name].suggest(trial))
+            cid = cell_id(cfg)
+            store.write_config(cid, cfg)
+            (store.cell_dir(cid) / INTERMEDIATE).unlink(missing_ok=True)
+            trial.set_user_attr("cell", cid)
+            ex = make_executor(executor, out / "slurm" / "trials", slurm, job_name=f"tune-{trial.number}")
+            job = ex.submit(TrialJob(), str(store.cell_dir(cid) / "config.json"), str(out), cache_root, metric,
+                            probe_limit)
+            trial.set_user_attr("job", str(job.job_id))
+            print(f"[tune] trial {trial.number}: {trial.params} -> cell {cid}, job {job.job_id}", flush=True)
+            running.append(_Running(trial, job, store.cell_dir(cid)))
+            started += 1
+        for r in list(running):
+            if executor == "debug":
+                r.job.exception()  # runs the trial here, now
+            _report_intermediate(r)
+            if not r.job.done():
+                if r.trial.should_prune():
+                    r.job.cancel()
+                    study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
+                    print(f"[tune] trial {r.trial.number}: pruned at DMD step {r.last_step}", flush=True)
+                    running.remove(r)
+                continue
+            exc = r.job.exception()
+            if exc is None:
+                value = r.job.result()
+                study.tell(r.trial, value)
+                print(f"[tune] trial {r.trial.number}: {metric} = {value:.4f}", flush=True)
+            else:
+                study.tell(r.trial, state=optuna.trial.TrialState.FAIL)
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                print(f"[tune] trial {r.trial.number}: FAILED: {last}", file=sys.stderr, flush=True)
+            running.remove(r)
+        if running:
+            time.sleep(poll_s)
+    print(f"[tune] {trials} trial(s) in {time.perf_counter() - t0:.1f}s", flush=True)
+    return study
+
+
+def _read_intermediate(cell_dir: Path) -> list[dict]:
+    path = cell_dir / INTERMEDIATE
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def _report_intermediate(r: _Running) -> None:
+    values = _read_intermediate(r.cell_dir)
+    for item in values[r.reported:]:
+        if math.isfinite(item["value"]):
+            r.trial.report(item["value"], item["step"])
+        r.last_step = item["step"]
+    r.reported = len(values)
+
+
+# --------------------------------------------------------------------------------------------
+# table and plot
+
+
+def study_table(study) -> "pd.DataFrame":  # noqa: ANN001, F821
+    df = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
+    df.columns = [c.replace("params_", "").replace("user_attrs_", "") for c in df.columns]
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds().round(1)
+    return df
+
+
+def write_study_report(study, out: Path) -> tuple[Path, Path]:  # noqa: ANN001
+    """``tune.md`` (best trial + every trial) and ``tune.png`` (objective history, intermediate
+    curves, objective against each parameter)."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    metric = study.user_attrs.get("metric", "objective")
+    df = study_table(study)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    lines = [f"# Study `{study.study_name}`: {metric} ({study.direction.name.lower()})", ""]
+    if complete:
+        best = study.best_trial
+        lines += [f"Best: trial {best.number}, {metric} = {best.value:.4f}, params "
+                  + ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+                              for k, v in best.params.items()), ""]
+    lines += [df.to_markdown(index=False, floatfmt=".4g"), "", "![study](tune.png)", ""]
+    md = out / "tune.md"
+    md.write_text("\n".join(lines))
+
+    params = sorted({k for t in study.trials for k in t.params})
+    ncols = 2 + len(params)
+    fig, axes = plt.subplots(1, ncols, figsize=(3.6 * ncols, 3.2), squeeze=False)
+    ax = axes[0][0]
+    xs = [t.number for t in complete]
+    ys = [t.value for t in complete]
+    ax.plot(xs, ys, "o", label="trial")
+    if ys:
+        agg = max if study.direction.name == "MAXIMIZE" else min
+        ax.plot(xs, [agg(ys[: i + 1]) for i in range(len(ys))], "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.set_title("objective")
+    ax = axes[0][1]
+    for t in study.trials:
+        if t.intermediate_values:
+            steps = sorted(t.intermediate_values)
+            style = "--" if t.state == optuna.trial.TrialState.PRUNED else "-"
+            ax.plot(steps, [t.intermediate_values[s] for s in steps], style, marker=".", label=f"#{t.number}")
+    ax.set_xlabel("DMD step")
+    ax.set_title("intermediate (dashed: pruned)")
+    if any(t.intermediate_values for t in study.trials):
+        ax.legend(fontsize=6)
+    for i, name in enumerate(params):
+        ax = axes[0][2 + i]
+        pts = [(t.params[name], t.value) for t in complete if name in t.params]
+        if pts:
+            ax.plot([p for p, _ in pts], [v for _, v in pts], "o")
+        if name in ("lr", "tafm_weight", "ts_weight"):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=3))   # few labels even
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1e"))  # in one decade
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel(name)
+        ax.set_title(f"{metric} vs {name}")
+    fig.tight_layout()
+    png = out / "tune.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return md, png
+
+
+def load_study(out: Path, study_name: str = "tune"):  # noqa: ANN201
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name=study_name,
+                             storage=JournalStorage(JournalFileBackend(str(out / "study.journal"))))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="ours", help="method whose cells are tuned (default: ours)")
+    p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
+    p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
+    p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
+    p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
+    p.add_argument("--seed", type=int, default=None, help="training/sampling seed of every trial")
+    p.add_argument("--metric", default="gt_psnr", help="objective: mean of this metric's rows (default gt_psnr)")
+    p.add_argument("--direction", choices=["maximize", "minimize"], default=None,
+                   help="default: from the metric's higher_is_better")
+    p.add_argument("--space", default="p_switch,tafm_weight,ts_weight,rank,lr",
+                   help=f"comma-separated searched parameters; valid: {', '.join(SPACE)}")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--parallel", type=int, default=1, help="trials running at once")
+    p.add_argument("--no-prune", action="store_true", help="never prune on intermediate scores")
+    p.add_argument("--executor", choices=["local", "debug", "slurm"], default="local",
+                   help="where trials run (submitit): local subprocesses, in this process, or SLURM jobs")
+    p.add_argument("--study", default="tune", help="study name in the journal (default: tune)")
+    p.add_argument("--out", default="runs/tune", help="study directory (journal, cells, tune.md, tune.png)")
+    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
+    p.add_argument("--report", default=None, metavar="DIR", help="only write the table and plot of DIR's study")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; slurm.<field>=value for jobs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.registry import UnknownNameError
+    from bench.run import _slurm_config, resolve_config
+    from metrics import METRICS
+
+    args = build_parser().parse_args(argv)
+    if args.report:
+        study = load_study(Path(args.report), args.study)
+        md, png = write_study_report(study, Path(args.report))
+        print(md.read_text())
+        return 0
+    try:
+        slurm = _slurm_config(args)
+        base = resolve_config(args)
+        metric_cls = METRICS.get(args.metric)
+        space = [s.strip() for s in args.space.split(",") if s.strip()]
+        unknown = [s for s in space if s not in SPACE]
+        if unknown:
+            raise ValueError(f"unknown search parameter(s) {unknown}; valid: {', '.join(SPACE)}")
+    except (UnknownNameError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.metric not in base.eval.metrics:
+        base = replace(base, eval=replace(base.eval, metrics=(*base.eval.metrics, args.metric)))
+    direction = args.direction or ("maximize" if metric_cls.info.higher_is_better else "minimize")
+    out = Path(args.out)
+    study = run_study(base, out, args.cache, metric=args.metric, direction=direction, trials=args.trials,
+                      parallel=args.parallel, space=space, executor=args.executor, slurm=slurm,
+                      study_name=args.study, seed=base.seed, prune=not args.no_prune)
+    md, png = write_study_report(study, out)
+    print(md.read_text())
+    print(f"table: {md}\nplot:  {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""matplotlib figures of the paper's curves, from tidy rows: training curves (a role's metric vs
+distillation step, one line per ablation), LoRA scaling (metric vs number of effects, one line
+per method) and deployment cost vs number of effects. Each function writes one PNG and returns
+its path, or None when the rows hold nothing to plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reports import paper_numbers as paper  # noqa: E402
+from reports.tables import ARROW, DEPLOY_METHOD, deployment_agg, label, method_order, metric_columns  # noqa: E402
+
+# The paper's rows, each adding one component: (1) vanilla multi-teacher DMD ... (5) full.
+ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PDSR", "tafm,ts": "(3) +AOP",
+                  "ts": "(4) +TA-FM", "none": "(5) +TS (full)"}
+
+
+def _role_column(rows: pd.DataFrame, role: str):
+    cols = [c for c in metric_columns(rows, paper_roles=False) if c.role == role and c.metric]
+    return cols[0] if cols else None
+
+
+def _effects_axis(ax, ns) -> None:
+    """Number-of-effects axis: log-scaled when it spans a wide range (10 ... 180), ticks at the Ns."""
+    ns = sorted(int(n) for n in ns)
+    if ns and ns[-1] >= 5 * max(ns[0], 1):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel("number of effects")
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def training_curves(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
+    """``role``'s metric vs distillation step, one line per ablation. ``rows`` carry a ``step`` column."""
+    c = _role_column(rows, role)
+    if c is None or "step" not in rows.columns:
+        return None
+    ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
+    means = ok.groupby(["ablation", "step"])["value"].mean().reset_index()
+    if means.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for ab in sorted(means.ablation.unique(), key=lambda a: ABLATION_NAMES.get(a, a)):
+        m = means[means.ablation == ab].sort_values("step")
+        ax.plot(m.step, m.value, marker="o", label=ABLATION_NAMES.get(ab, f"off: {ab}"))
+    ax.set_xlabel("distillation step (critic updates)")
+    ax.set_xticks(sorted(means.step.unique()))
+    ax.set_ylabel(f"{c.metric} {ARROW[c.higher]}")
+    ax.set_title(f"{role}-role metric vs step ({c.metric})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: bool = True) -> Path | None:
+    """``role``'s metric vs number of effects, one line per method; the paper's CLIP on a twin axis."""
+    c = _role_column(rows, role)
+    if c is None:
+        return None
+    ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
+    means = ok.groupby(["method", "n_effects"])["value"].mean().reset_index()
+    if means.empty:
+        return None
+    panels = 2 if with_paper and role == "CLIP" else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    for m in method_order(means.method.unique()):
+        sub = means[means.method == m].sort_values("n_effects")
+        ax.plot(sub.n_effects, sub.value, marker="o", label=label(m))
+    _effects_axis(ax, means.n_effects.unique())
+    ax.set_ylabel(f"{c.metric} {ARROW[c.higher]}")
+    ax.set_title(f"this run: {role}-role ({c.metric})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if panels == 2:
+        ax = axes[0, 1]
+        for m, vals in paper.SCALING.items():
+            ax.plot(list(vals), list(vals.values()), marker="s", linestyle="--", label=label(m))
+        _effects_axis(ax, paper.SCALING_N)
+        ax.set_ylabel("CLIP ↑")
+        ax.set_title("paper (reported)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def deployment_curves(rows: pd.DataFrame, path: Path, router: str = "embedding") -> Path | None:
+    """Storage, routing latency, routing accuracy and end-to-end latency vs number of effects."""
+    if rows.empty:
+        return None
+    ok = rows[rows.status == "ok"].copy()
+    ok["router"] = ok["router"].fillna("") if "router" in ok.columns else ""
+    panels = [("storage_bytes", "", "adapter storage (MB)", 1e-6),
+              ("routing_latency_s", router, f"routing latency (ms, {router})", 1e3),
+              ("routing_accuracy", router, f"routing accuracy ({router})", 100.0),
+              ("e2e_latency_s", "", "end-to-end per image (ms)", 1e3)]
+    panels = [p for p in panels if not ok[(ok.metric == p[0]) & (ok.router == p[1])].empty]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
+    for ax, (metric, r, title, scale) in zip(axes[0], panels):
+        sub = ok[(ok.metric == metric) & (ok.router == r)]
+        means = sub.groupby(["method", "n_effects"])["value"].agg(deployment_agg(metric)).reset_index()
+        for m in ("base", "baseline", "ours"):
+            s = means[means.method == m].sort_values("n_effects")
+            if len(s):
+                ax.plot(s.n_effects, s.value * scale, marker="o", label=DEPLOY_METHOD.get(m, m).split(" (")[0])
+        ax.set_title(title, fontsize=9)
+        _effects_axis(ax, sub.n_effects.unique())
+        ax.grid(alpha=0.3)
+        if metric == "storage_bytes":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    return _save(fig, path)

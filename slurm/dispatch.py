@@ -1,0 +1,471 @@
+"""Submit run cells as jobs: shared artifacts first, one array of cells, then a report.
+
+Stages, each ONE submitit array (``executor.batch()``); on SLURM they are chained with
+dependencies so a whole grid is one submission, elsewhere they run one after the other:
+
+  base       the pretrained base of each distinct world/backbone/pretrain config
+  teachers   each effect's teacher LoRA, plus its cached base_pred outputs where a method
+             anchors on them (TA-FM / TS, FM all-in-1)                  afterok:base
+  lightning  the Lightning LoRA (methods lightning, fm_all_in_1)         afterok:base
+  cells      one task per cell: distillation (``method.prepare``, checkpointed, requeued on
+             timeout/preemption) + evaluation + atomic rows              afterok:teachers:lightning
+  report     markdown report of every row, failed cells named            afterany:cells
+
+Distillation and evaluation share one job per cell: the distilled LoRA is a cache artifact,
+so a requeue during evaluation does not retrain; splitting them would double job start-up
+(importing torch is most of a small job) for no gain on the synthetic world.
+
+A stage item whose output exists (``ArtifactCache.exists`` through a cache that refuses to
+build, ``ResultStore.is_done``) is not submitted. Anything not prebuilt here (e.g. a method the
+``SHARED_NEEDS`` table does not know) is built by the cell job itself under the cache's file
+lock, so the table only saves time; it never decides correctness.
+
+Jobs receive the path of the cell's resolved ``config.json`` (written before submission), never
+a pickled config. Each submission is recorded in ``<out>/submissions/<time>-<name>.json``
+(job id and log folder per cell and per artifact); ``python -m bench.run --status OUT`` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench.cache import ArtifactCache
+from bench.config import RunConfig, config_hash
+from bench.store import ResultStore, cell_id
+from slurm.executors import SlurmConfig, check_kind, make_executor
+
+SHARED_STAGES: tuple[str, ...] = ("base", "teachers", "lightning")
+
+# Shared artifacts each method's cell needs before it starts (methods not listed: teachers).
+SHARED_NEEDS: dict[str, frozenset[str]] = {
+    "base": frozenset({"teachers"}),
+    "lightning": frozenset({"teachers", "lightning"}),
+    "fm_all_in_1": frozenset({"teachers", "teacher_outputs", "lightning"}),
+    "ours": frozenset({"teachers", "teacher_outputs"}),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# configs from config.json
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested, frozen) config dataclass from ``dataclasses.asdict`` / JSON output.
+
+    Lists become tuples where the field is a tuple, ints become floats where it is a float;
+    an unknown key fails (a config written by another version of the code must not be
+    silently reinterpreted).
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {', '.join(sorted(names))}")
+    return cls(**{k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()})
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if args and len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value)) if args else tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return config_from_dict(RunConfig, json.loads(Path(path).read_text()))
+
+
+# --------------------------------------------------------------------------------------------
+# job callables (pickled by reference: tiny; they receive paths)
+
+
+def _job_threads() -> None:
+    """Use the cores SLURM gave the job (the dev cluster does not bind CPUs)."""
+    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+class _Requeueable(submitit.helpers.Checkpointable):
+    """On timeout/preemption submitit calls ``checkpoint``: the same call is requeued and the
+    training it runs resumes from its own checkpoints (``ArtifactCache.work_dir``)."""
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        print(f"[dispatch] {type(self).__name__} interrupted: requeueing; training resumes from "
+              "its last checkpoint", flush=True)
+        return super().checkpoint(*args, **kwargs)
+
+
+class ArtifactJob(_Requeueable):
+    """Builds one shared artifact (base, teacher [+ outputs], Lightning) into the cache."""
+
+    def __call__(self, stage: str, config_path: str, cache: str, index: int = -1,
+                 outputs: bool = False) -> str:
+        from bench.workspace import Workspace
+        from methods.distill import lightning_lora
+        from methods.teachers import teacher_outputs
+
+        _job_threads()
+        ws = Workspace(load_config(config_path), ArtifactCache(cache))
+        if stage == "base":
+            return str(ws.base_dir)
+        if stage == "lightning":
+            return str(lightning_lora(ws))
+        if stage == "teachers":
+            effect = ws.bench.effects[index]
+            bb = ws.load_backbone()
+            path = ws.teacher_dir(effect, bb)
+            if outputs:
+                teacher_outputs(ws, effect, bb)
+            return str(path)
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(SHARED_STAGES)}")
+
+
+class CellJob(_Requeueable):
+    """One grid cell: ``bench.run.run_cell`` on the config stored at ``config_path``."""
+
+    def __call__(self, config_path: str, out: str, cache: str, force: bool = False) -> dict:
+        from bench.run import run_cell
+
+        _job_threads()
+        cfg = load_config(config_path)
+        cid = cell_id(cfg)
+        if Path(config_path).parent.name != cid:
+            raise RuntimeError(f"{config_path} hashes to cell {cid}: the config was edited after "
+                               "submission or written by another version of the code")
+        store = ResultStore(out)
+        error = store.cell_dir(cid) / "error.txt"
+        error.unlink(missing_ok=True)
+        try:
+            rows = run_cell(cfg, Path(out), ArtifactCache(cache), force=force)
+        except BaseException:
+            error.write_text(traceback.format_exc())
+            raise
+        return {"cell": cid, "rows": len(rows)}
+
+
+def write_report(out: str) -> str:
+    """The report stage: ``python -m bench.report OUT`` when that module exists, else a
+    markdown table of metric means with the failed cells named."""
+    import importlib.util
+    import subprocess
+
+    import pandas as pd
+
+    from reports.tables import means_table
+
+    out_dir = Path(out)
+    if importlib.util.find_spec("bench.report") is not None:
+        subprocess.run([sys.executable, "-m", "bench.report", str(out_dir)], check=True)
+        return str(out_dir)
+    store = ResultStore(out_dir)
+    rows = store.read_all()
+    lines = [f"# Results of {out_dir}", "", means_table(rows) if len(rows) else "_no finished cells_", ""]
+    failed = []
+    for cfg_path in sorted((out_dir / "cells").glob("*/config.json")):
+        cid = cfg_path.parent.name
+        if not store.is_done(cid):
+            err = cfg_path.parent / "error.txt"
+            last = err.read_text().strip().splitlines()[-1] if err.exists() else "no rows (not run or lost)"
+            failed.append(f"- `{cid}`: {last}")
+    if failed:
+        lines += ["## Cells without rows", "", *failed, ""]
+    path = out_dir / "report.md"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    n_cells = pd.unique(rows["run"]).size if len(rows) else 0
+    print(f"report: {n_cells} cells with rows, {len(failed)} without -> {path}")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: which stage items are missing
+
+
+class _Missing(Exception):
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key} is not in the cache")
+        self.kind, self.key = kind, key
+
+
+class ProbeCache(ArtifactCache):
+    """An ``ArtifactCache`` that never builds: asking for a missing artifact raises ``_Missing``
+    with its key. Running the real code paths against it tells exactly what a job would build."""
+
+    def get_or_build(self, kind, key, build, *, config=None, label=None):  # noqa: ANN001
+        if self.exists(kind, key):
+            return self.path(kind, key)
+        raise _Missing(kind, key)
+
+
+def _probe(fn) -> str | None:  # noqa: ANN001
+    """None when the artifact exists, else the cache key it would be built under."""
+    try:
+        fn()
+    except _Missing as missing:
+        return missing.key
+    return None
+
+
+@dataclass
+class Task:
+    stage: str
+    label: str
+    args: tuple          # arguments of the job callable
+    cell: str | None = None
+
+
+@dataclass
+class Plan:
+    cells: list[Task] = field(default_factory=list)      # cells to run
+    done: list[str] = field(default_factory=list)        # cells finished before (skipped)
+    shared: dict[str, dict[str, Task]] = field(default_factory=lambda: {s: {} for s in SHARED_STAGES})
+    cached: int = 0                                      # shared items found in the cache
+
+
+def plan(cells: list[RunConfig], out: Path, cache_root: Path, *, force: bool = False) -> Plan:
+    """Write each cell's config.json and find the missing shared artifacts."""
+    from bench.workspace import Workspace
+    from methods.distill import lightning_lora
+    from methods.teachers import teacher_outputs
+
+    store, probe, p = ResultStore(out), ProbeCache(cache_root, verbose=False), Plan()
+    unique: dict[str, RunConfig] = {}
+    for cfg in cells:
+        unique.setdefault(cell_id(cfg), cfg)
+    for cid, cfg in unique.items():
+        if store.is_done(cid) and not force:
+            p.done.append(cid)
+            continue
+        store.write_config(cid, cfg)
+        path = str(store.cell_dir(cid) / "config.json")
+        off = ",".join(cfg.components_off) or "none"
+        p.cells.append(Task("cells", f"{cfg.method} off={off} seed={cfg.seed}", (path,), cell=cid))
+
+        ws = Workspace(cfg, probe)
+        needs = SHARED_NEEDS.get(cfg.method, frozenset({"teachers"}))
+        items: list[tuple[str, str | None, Task]] = [
+            ("base", _probe(lambda: ws.base_dir), Task("base", f"base {ws.base_key}", (path,)))]
+        if "lightning" in needs:
+            key = _probe(lambda: lightning_lora(ws))
+            items.append(("lightning", key, Task("lightning", f"lightning {key}", (path,))))
+        if "teachers" in needs:
+            outputs = "teacher_outputs" in needs
+            if _probe(lambda: ws.dataset_root) is None:
+                for i, e in enumerate(ws.bench.effects):
+                    key = _probe(lambda: ws.teacher_dir(e))
+                    want = key is not None or (outputs and _probe(lambda: teacher_outputs(ws, e)) is not None)
+                    key = key or config_hash("teacher", ws.base_key, cfg.teacher, e.lora_name)
+                    items.append(("teachers", key if want else None,
+                                  Task("teachers", f"teacher {e.lora_name}", (path, i, outputs))))
+            else:  # no world yet: every teacher is missing; the effect is known by its index
+                for i in range(cfg.n_effects):
+                    key = config_hash("teacher", config_hash(cfg.world), ws.base_key, cfg.teacher, i)
+                    items.append(("teachers", key, Task("teachers", f"teacher #{i}", (path, i, outputs))))
+        for stage, key, task in items:
+            if key is None:
+                p.cached += 1
+            elif key in p.shared[stage]:  # several cells need it: build once, with outputs if any needs them
+                old = p.shared[stage][key]
+                if stage == "teachers" and task.args[2] and not old.args[2]:
+                    p.shared[stage][key] = task
+            else:
+                p.shared[stage][key] = task
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# submission
+
+
+@dataclass
+class Submission:
+    record_path: Path
+    record: dict
+    jobs: list[submitit.Job] = field(default_factory=list)
+
+    def wait(self, poll_s: float = 3.0, timeout_s: float | None = None) -> dict[str, str]:
+        """Block until no job of this submission is queued or running; returns cell -> state."""
+        from slurm.status import cell_status, record_job_states
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            states = record_job_states(self.record)
+            if not any(s.active for s in states.values()):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"submission {self.record_path.name} still running after {timeout_s}s")
+            time.sleep(poll_s)
+        table = cell_status(Path(self.record["out"]))
+        return dict(zip(table["cell"], table["state"]))
+
+
+def submit(cells: list[RunConfig], out: str | Path, cache: str | Path | None = None, *,
+           executor: str = "slurm", slurm: SlurmConfig = SlurmConfig(), name: str = "run",
+           force: bool = False, wait: bool = False) -> Submission:
+    """Submit ``cells`` (a grid) stage by stage; see the module docstring.
+
+    On SLURM this returns once everything is queued (``wait=True``: once it finished). The
+    ``local`` and ``debug`` executors have no dependencies, so this runs the stages in order
+    and returns when all are done.
+    """
+    kind = check_kind(executor)
+    out = Path(out).resolve()
+    cache_root = ArtifactCache(cache).root.resolve()
+    p = plan(cells, out, cache_root, force=force)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    record_path = out / "submissions" / f"{stamp}-{name}.json"
+    record: dict[str, Any] = {
+        "name": name, "executor": kind, "created": datetime.now().isoformat(timespec="seconds"),
+        "out": str(out), "cache": str(cache_root), "force": force,
+        "slurm": dataclasses.asdict(slurm), "python": sys.executable,
+        "skipped": {"cells_done": p.done, "artifacts_cached": p.cached},
+        "jobs": [], "cells": {},
+    }
+    sub = Submission(record_path, record)
+    _write_record(sub)
+    print(f"[dispatch] {name}: {len(p.cells)} cells to run ({len(p.done)} finished before), shared: "
+          + ", ".join(f"{len(p.shared[s])} {s}" for s in SHARED_STAGES) + f" ({p.cached} cached); "
+          f"executor {kind}, logs {out / 'slurm'}", flush=True)
+
+    array_ids: dict[str, str] = {}   # stage -> SLURM array job id
+    failed_shared: list[str] = []
+    for stage in SHARED_STAGES:
+        tasks = list(p.shared[stage].values())
+        if not tasks:
+            continue
+        dep = _afterok([array_ids["base"]]) if stage != "base" and "base" in array_ids else None
+        args = [(stage, t.args[0], str(cache_root), *t.args[1:]) for t in tasks]
+        jobs = _submit_stage(sub, kind, out, slurm, stage, ArtifactJob(), args, tasks, dependency=dep)
+        array_ids[stage] = _array_id(jobs[0])
+        if kind != "slurm":
+            failed_shared += _wait_local(jobs, tasks)
+
+    if p.cells:
+        if failed_shared:  # like SLURM's kill-on-invalid-dep: cells whose inputs failed do not start
+            print(f"[dispatch] shared stage failed ({', '.join(failed_shared)}): cells not started; "
+                  f"fix it and rerun, or --resubmit-failed", file=sys.stderr)
+            for t in p.cells:
+                record["cells"][t.cell] = {"job_id": None, "state": "DEPENDENCY_FAILED", "label": t.label,
+                                           "config": t.args[0], "log_folder": None}
+            _write_record(sub)
+        else:
+            dep = _afterok(list(array_ids.values())) if array_ids else None
+            args = [(t.args[0], str(out), str(cache_root), force) for t in p.cells]
+            jobs = _submit_stage(sub, kind, out, slurm, "cells", CellJob(), args, p.cells, dependency=dep)
+            array_ids["cells"] = _array_id(jobs[0])
+            if kind != "slurm":
+                _wait_local(jobs, p.cells)
+    if p.cells or not (out / "report.md").exists():
+        dep = f"afterany:{array_ids['cells']}" if "cells" in array_ids and kind == "slurm" else None
+        report = Task("report", "report", (str(out),))
+        jobs = _submit_stage(sub, kind, out, slurm, "report", write_report, [(str(out),)], [report],
+                             dependency=dep, cpu_only=True)
+        if kind != "slurm":
+            _wait_local(jobs, [report])
+    if kind == "slurm":
+        print(f"[dispatch] submitted; follow with: python -m bench.run --status {out}", flush=True)
+        if wait:
+            sub.wait()
+    return sub
+
+
+def _submit_stage(sub: Submission, kind: str, out: Path, slurm: SlurmConfig, stage: str, fn: Any,
+                  args: list[tuple], tasks: list[Task], *, dependency: str | None,
+                  cpu_only: bool = False) -> list[submitit.Job]:
+    """ONE array for the stage (``executor.batch()``); the record is updated at once."""
+    executor = make_executor(kind, out / "slurm" / stage, slurm, job_name=f"bench-{stage}",
+                             dependency=dependency if kind == "slurm" else None, cpu_only=cpu_only)
+    with executor.batch():
+        jobs = [executor.submit(fn, *a) for a in args]
+    for job, task in zip(jobs, tasks):
+        entry = {"stage": stage, "label": task.label, "job_id": str(job.job_id),
+                 "log_folder": str(job.paths.folder), "dependency": dependency, "cell": task.cell}
+        sub.record["jobs"].append(entry)
+        if task.cell is not None:
+            sub.record["cells"][task.cell] = {"job_id": str(job.job_id), "label": task.label,
+                                             "config": task.args[0], "log_folder": str(job.paths.folder)}
+    sub.jobs += jobs
+    _write_record(sub)
+    ids = sorted({_array_id(j) for j in jobs})
+    print(f"[dispatch] stage {stage}: {len(jobs)} task(s) as job {', '.join(ids)}"
+          + (f" ({dependency})" if dependency and kind == "slurm" else ""), flush=True)
+    return jobs
+
+
+def _wait_local(jobs: list[submitit.Job], tasks: list[Task]) -> list[str]:
+    """Wait for local/debug jobs; returns the labels of those that failed (and says why)."""
+    failed = []
+    for job, task in zip(jobs, tasks):
+        exc = job.exception()  # waits; runs the job in-process for the debug executor
+        if exc is not None:
+            failed.append(task.label)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            print(f"[dispatch] FAILED {task.stage} {task.label}: {last}", file=sys.stderr, flush=True)
+    return failed
+
+
+def _array_id(job: submitit.Job) -> str:
+    return str(job.job_id).split("_")[0]
+
+
+def _afterok(ids: list[str]) -> str:
+    return "afterok:" + ":".join(ids)
+
+
+def _write_record(sub: Submission) -> None:
+    sub.record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sub.record_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(sub.record, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, sub.record_path)
+
+
+def load_records(out: str | Path) -> list[dict]:
+    """All submission records of a run directory, oldest first."""
+    paths = sorted((Path(out) / "submissions").glob("*.json"))
+    return [json.loads(p.read_text()) | {"_path": str(p)} for p in paths]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI glue (bench.run --executor debug|slurm)
+
+
+def run_cli(cells: list[RunConfig], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
+            name: str, force: bool, wait: bool) -> int:
+    from slurm.status import print_status
+
+    started = time.perf_counter()
+    sub = submit(cells, out, cache, executor=executor, slurm=slurm, name=name, force=force, wait=wait)
+    if executor == "slurm" and not wait:
+        return 0
+    print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")
+    return print_status(out)

@@ -1,0 +1,122 @@
+"""Grids: the paper's experiments as cells (no training here), ids from resolved configs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bench.config import PRESETS
+from bench.grids import (ABLATION_ROWS, GRIDS, MERGE_METHODS, PAPER_METHODS, SMOKE_SIZES, DeploymentCell,
+                         curve_steps, storage_collections)
+from bench.store import cell_id
+
+
+@pytest.fixture
+def synth():
+    return PRESETS.get("synth")()
+
+
+@pytest.fixture
+def smoke():
+    return PRESETS.get("smoke")()
+
+
+def test_every_paper_grid_is_registered():
+    assert {"main", "scaling", "ablation", "curves", "deployment", "paper", "methods"} <= set(GRIDS.names())
+
+
+def test_main_is_50_effects_and_picks_up_merge_baselines(synth, monkeypatch):
+    from methods import METHODS
+
+    cells = GRIDS.get("main")(synth)
+    assert [c.method for c in cells][:4] == list(PAPER_METHODS)
+    assert {c.n_effects for c in cells} == {50} and all(c.components_off == () for c in cells)
+    registered = [m for m in MERGE_METHODS if m in METHODS.names()]
+    assert [c.method for c in cells][4:] == registered  # checked when the grid is built
+    for m in registered:
+        monkeypatch.delitem(METHODS._entries, m)
+    monkeypatch.setitem(METHODS._entries, "merge_ties", "methods.base:Base")
+    assert [c.method for c in GRIDS.get("main")(synth)][4:] == ["merge_ties"]
+    assert set(MERGE_METHODS) >= {"merge_linear", "merge_ties", "merge_dare"}
+
+
+def test_scaling_and_deployment_sizes_are_the_papers(synth):
+    scaling = GRIDS.get("scaling")(synth)
+    assert sorted({c.n_effects for c in scaling}) == [10, 20, 50, 100, 180]
+    assert len(scaling) == 5 * 4 and {c.method for c in scaling} == set(PAPER_METHODS)
+    dep = GRIDS.get("deployment")(synth)
+    assert [c.n_effects for c in dep] == [10, 20, 50, 100, 150]
+    assert all(isinstance(c, DeploymentCell) and c.capacity == 50 for c in dep)
+    assert [storage_collections(c.n_effects, c.capacity) for c in dep] == [1, 1, 1, 2, 3]  # the paper's ×2, ×3
+
+
+def test_ablation_rows_match_the_paper(synth):
+    cells = GRIDS.get("ablation")(synth)
+    assert [c.components_off for c in cells] == [tuple(sorted(r)) for r in ABLATION_ROWS]
+    assert all(c.method == "ours" and c.n_effects == 50 for c in cells)
+    from reports.paper_numbers import ablation_exp
+
+    assert [ablation_exp(c.components_off) for c in cells] == ["(1)", "(2)", "(3)", "(4)", "(5)"]
+
+
+def test_curves_are_prefixes_ending_at_the_ablation_cells(synth):
+    cells = GRIDS.get("curves")(synth)
+    steps = curve_steps(synth.distill.steps, 6)
+    assert steps == [250, 500, 750, 1000, 1250, 1500]
+    assert len(cells) == len(steps) * len(ABLATION_ROWS)
+    finals = {cell_id(c) for c in cells if c.distill.steps == synth.distill.steps}
+    assert finals == {cell_id(c) for c in GRIDS.get("ablation")(synth)}  # shared, trained once
+    for c in cells:  # a point differs from its final cell in distill.steps only
+        assert replace(c, distill=replace(c.distill, steps=synth.distill.steps)) in GRIDS.get("ablation")(synth)
+
+
+def test_paper_is_the_union_each_cell_once(synth):
+    paper = GRIDS.get("paper")(synth)
+    ids = [cell_id(c) for c in paper]
+    assert len(ids) == len(set(ids))
+    parts = set()
+    for name in ("main", "scaling", "ablation", "curves", "deployment"):
+        parts |= {cell_id(c) for c in GRIDS.get(name)(synth)}
+    assert set(ids) == parts
+    # main's ours is ablation (5), and scaling at 50 reuses main's cells
+    assert len(ids) < sum(len(GRIDS.get(n)(synth)) for n in ("main", "scaling", "ablation", "curves", "deployment"))
+
+
+def test_smoke_variant_is_small(smoke):
+    paper = GRIDS.get("paper")(smoke)
+    runs = [c for c in paper if not isinstance(c, DeploymentCell)]
+    assert max(c.n_effects for c in runs) <= 4
+    assert {c.n_effects for c in GRIDS.get("main")(smoke)} == {smoke.n_effects}
+    curves = GRIDS.get("curves")(smoke)
+    assert sorted({c.distill.steps for c in curves}) == curve_steps(smoke.distill.steps, SMOKE_SIZES.curve_points)
+
+
+def test_explicit_effects_override_the_paper_size(synth):
+    cells = GRIDS.get("ablation")(replace(synth, n_effects=20))
+    assert {c.n_effects for c in cells} == {20}
+
+
+def test_cell_ids_are_config_hashes(synth):
+    cells = GRIDS.get("paper")(synth)
+    again = GRIDS.get("paper")(synth)
+    assert [cell_id(c) for c in cells] == [cell_id(c) for c in again]
+    dep = GRIDS.get("deployment")(synth)[0]
+    assert cell_id(dep) != cell_id(replace(dep, n_effects=11)) and len(cell_id(dep)) == 12
+    assert dep.method == "deployment" and dep.components_off == ()  # prints like a run cell
+
+
+def test_deployment_cell_round_trips_through_its_config_json(synth, tmp_path):
+    import json
+
+    from bench.config import RunConfig, to_dict
+    from bench.store import ResultStore
+    from slurm.dispatch import config_from_dict
+
+    cell = GRIDS.get("deployment")(synth)[2]
+    store = ResultStore(tmp_path)
+    store.write_config(cell_id(cell), cell)
+    data = json.loads((store.cell_dir(cell_id(cell)) / "config.json").read_text())
+    assert DeploymentCell.is_config(data) and not DeploymentCell.is_config(to_dict(synth))
+    again = DeploymentCell.from_dict(data, lambda d: config_from_dict(RunConfig, d))
+    assert again == cell and cell_id(again) == cell_id(cell)

@@ -1,0 +1,158 @@
+"""Grids on a real SLURM cluster (the one-node dev cluster of slurm/devcluster.sh) through
+slurm/dispatch.py: stage arrays chained by dependencies, a failing and a cancelled array task
+that do not take the others down, --status, --resubmit-failed, and a training job preempted
+mid-run that is requeued and finishes with the uninterrupted result.
+
+Without a cluster these tests skip, unless ``BENCH_START_SLURM=1`` or ``CI=true`` is set: then
+the dev cluster is started and, under CI, a cluster that cannot start fails the tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from bench.cache import ArtifactCache
+from bench.config import PRESETS, RunConfig, apply_overrides
+from bench.store import ResultStore, cell_id
+from slurm.devcluster import HINT, cluster_available, ensure_cluster, is_ci, start_allowed_by_env
+from slurm.dispatch import submit
+from slurm.executors import SlurmConfig
+from slurm.status import cell_status, failed_cells, print_status, resubmit_failed
+
+pytestmark = pytest.mark.slurm
+
+TINY = ["n_effects=1", "eval.limit=1", "pretrain.steps=5", "teacher.steps=3", "distill.steps=4",
+        "sampling.base_steps=2", "world.n_general=32", "world.n_train_per_effect=4",
+        "world.n_test_per_category=1"]
+RESOURCES = SlurmConfig(time_min=20, cpus_per_task=1, array_parallelism=2)
+
+
+def tiny(*extra: str, **fields) -> RunConfig:
+    return replace(apply_overrides(PRESETS.get("smoke")(), [*TINY, *extra]), **fields)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> str:
+    ok, reason = cluster_available()
+    if ok:
+        return reason
+    if not start_allowed_by_env():
+        pytest.skip(f"no SLURM cluster ({reason}): {HINT}")
+    try:
+        ensure_cluster(start=True)
+        error = ""
+    except RuntimeError as exc:
+        error = str(exc)
+    if error:
+        where = "CI=true" if is_ci() else "BENCH_START_SLURM=1"
+        pytest.fail(f"{where} but the dev SLURM cluster could not be started: {error}", pytrace=False)
+    return cluster_available()[1]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slurm-cache")
+
+
+def _squeue_reason(job_id: str, want: str, timeout_s: float = 10) -> str:
+    """The job's pending reason, polled until it is ``want`` (the scheduler sets it shortly
+    after submission)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reason = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True,
+                                text=True).stdout.strip()
+        if reason == want or time.monotonic() > deadline:
+            return reason
+        time.sleep(0.2)
+
+
+def test_grid_arrays_failed_and_cancelled_tasks_status_and_resubmit(slurm_cluster: str, tmp_path: Path,
+                                                                   cache_dir: Path) -> None:
+    out = tmp_path / "runs"
+    ok = [tiny(seed=0), tiny(seed=1)]
+    failing = tiny("eval.limit=0", seed=2)        # evaluation finds no test rows: the task fails
+    cancelled = tiny(seed=3)                      # cancelled while it waits for its dependency
+    sub = submit([*ok, failing, cancelled], out, cache_dir, executor="slurm", slurm=RESOURCES, name="mixed")
+    jobs = {j["stage"]: j for j in sub.record["jobs"]}
+    assert set(jobs) == {"base", "teachers", "cells", "report"}
+    base_id = jobs["base"]["job_id"].split("_")[0]
+    teachers_id = jobs["teachers"]["job_id"].split("_")[0]
+    cells_id = jobs["cells"]["job_id"].split("_")[0]
+    assert jobs["teachers"]["dependency"] == f"afterok:{base_id}"
+    assert jobs["cells"]["dependency"] == f"afterok:{base_id}:{teachers_id}"
+    assert jobs["report"]["dependency"] == f"afterany:{cells_id}"
+    cells = sub.record["cells"]
+    assert sorted(e["job_id"] for e in cells.values()) == [f"{cells_id}_{i}" for i in range(4)]  # ONE array
+
+    victim = cells[cell_id(cancelled)]["job_id"]
+    assert _squeue_reason(victim, "Dependency") == "Dependency"
+    subprocess.run(["scancel", victim], check=True)
+    t0 = time.monotonic()
+    states = sub.wait(poll_s=2)
+    print(f"\n[slurm] {slurm_cluster}: 4-cell grid + shared stages, submit-to-done {time.monotonic() - t0:.1f}s")
+
+    assert [states[cell_id(c)] for c in ok] == ["done", "done"]
+    assert states[cell_id(failing)] == "failed"
+    assert states[cell_id(cancelled)] in ("gone", "cancelled")
+    table = cell_status(out).set_index("cell")
+    assert "no test rows" in table.loc[cell_id(failing), "note"]
+    report = (out / "report.md").read_text()   # the report ran although tasks failed (afterany)
+    assert cell_id(failing) in report and cell_id(cancelled) in report
+    assert print_status(out) == 1
+
+    again = resubmit_failed(out, slurm=RESOURCES, wait=True)
+    assert sorted(again.record["cells"]) == sorted([cell_id(failing), cell_id(cancelled)])
+    assert [j["stage"] for j in again.record["jobs"]] == ["cells", "cells", "report"]  # shared stages cached
+    assert failed_cells(out) == [cell_id(failing)]
+    assert ResultStore(out).read_all()["run"].nunique() == 3
+
+
+def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster: str, tmp_path: Path,
+                                                               cache_dir: Path) -> None:
+    """Two identical cells in two copies of the cache, as one array: one runs through, the other
+    is preempted (SIGTERM, then the USR2 submitit asked for) after its first DMD checkpoint;
+    submitit requeues it, DMD resumes from the checkpoint, and the students are identical."""
+    cfg = tiny("distill.steps=15", "distill.checkpoint_every=3", method="ours")
+    from bench.workspace import Workspace
+    from methods.teachers import teacher_outputs
+
+    ws = Workspace(cfg, ArtifactCache(cache_dir, verbose=False))
+    teacher_outputs(ws, ws.bench.effects[0])           # shared inputs, built once
+    caches = []
+    for name in ("plain", "preempted"):
+        caches.append(tmp_path / name)
+        shutil.copytree(cache_dir, caches[-1], ignore=shutil.ignore_patterns("collectionlora"))
+    subs = [submit([cfg], tmp_path / f"out-{c.name}", c, executor="slurm", slurm=RESOURCES, name=c.name)
+            for c in caches]
+    victim = subs[1].record["cells"][cell_id(cfg)]["job_id"]
+    deadline = time.monotonic() + 600
+    while not list(caches[1].glob("collectionlora/.work-*/ckpt-*.pt")):
+        assert time.monotonic() < deadline, "no DMD checkpoint appeared"
+        time.sleep(0.2)
+    for sig in ("TERM", "USR2"):
+        subprocess.run(["scancel", "--signal", sig, victim], check=True)
+    for s in subs:
+        assert set(s.wait(poll_s=2).values()) == {"done"}
+
+    log_dir = Path(subs[1].record["cells"][cell_id(cfg)]["log_folder"])
+    log = "".join(p.read_text() for p in log_dir.glob("*_log.*"))
+    assert "requeueing" in log and "resumed from ckpt-" in log, log[-3000:]
+    a, b = (load_file(next(c.glob("collectionlora/*/pytorch_lora_weights.safetensors"))) for c in caches)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"\n[slurm] requeued vs uninterrupted student LoRA: max |diff| = {diff:.3g}")
+    assert a.keys() == b.keys() and diff == 0.0
+    rows = [ResultStore(tmp_path / f"out-{c.name}").read_cell(cell_id(cfg)) for c in caches]
+    np.testing.assert_array_equal(rows[0]["value"].to_numpy(), rows[1]["value"].to_numpy())  # NaN == NaN
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v", "-s"]))

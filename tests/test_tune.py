@@ -1,0 +1,96 @@
+"""Optuna sweeps: the search space sets the config, trials run as submitit jobs, intermediate
+scores are reported and prune laggards (their jobs are cancelled), the study lives in a
+journal file, and the result table/plot are written."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cloudpickle
+import optuna
+import pandas as pd
+import pytest
+
+import bench.tune
+from bench.config import PRESETS, apply_overrides
+from bench.tune import INTERMEDIATE, SPACE, load_study, metric_mean, run_study, write_study_report
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TINY = ["n_effects=1", "eval.limit=1", "pretrain.steps=5", "teacher.steps=3", "distill.steps=4",
+        "distill.checkpoint_every=2", "sampling.base_steps=2", "world.n_general=32",
+        "world.n_train_per_effect=4", "world.n_test_per_category=1"]
+
+
+def tiny(**fields):
+    return replace(apply_overrides(PRESETS.get("smoke")(), TINY), method="ours", **fields)
+
+
+def test_space_sets_the_distill_config() -> None:
+    trial = optuna.trial.FixedTrial({"p_switch": 0.3, "tafm_weight": 2.0, "ts_weight": 0.5, "rank": 32, "lr": 3e-4})
+    cfg = tiny()
+    for name, param in SPACE.items():
+        cfg = param.apply(cfg, param.suggest(trial))
+    d = cfg.distill
+    assert (d.p_switch, d.tafm_weight, d.ts_weight, d.rank, d.alpha, d.lr) == (0.3, 2.0, 0.5, 32, 32, 3e-4)
+
+
+def test_metric_mean_uses_ok_rows_and_names_what_is_there() -> None:
+    rows = pd.DataFrame({"metric": ["gt_psnr", "gt_psnr", "gt_psnr", "nfe"], "value": [10.0, 20.0, 99.0, 8.0],
+                         "status": ["ok", "ok", "missing", "ok"]})
+    assert metric_mean(rows, "gt_psnr") == 15.0
+    with pytest.raises(ValueError, match="gt_psnr, nfe"):
+        metric_mean(rows, "clip")
+
+
+class FakeTrial:
+    """Stands in for TrialJob: 'trains' 6 steps, scoring p_switch * step at each checkpoint."""
+
+    def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
+        p = json.loads(Path(config_path).read_text())["distill"]["p_switch"]
+        for step in range(1, 7):
+            time.sleep(0.4)
+            with open(Path(config_path).parent / INTERMEDIATE, "a") as f:
+                f.write(json.dumps({"step": step, "value": p * step}) + "\n")
+        return p * 6
+
+
+def test_driver_reports_prunes_and_writes_table_and_plot(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(bench.tune, "TrialJob", FakeTrial)
+    out = tmp_path / "study"
+    study = run_study(tiny(), out, str(tmp_path / "cache"), metric="gt_psnr", direction="maximize", trials=6,
+                      parallel=1, space=["p_switch"], executor="local", poll_s=0.2, seed=3)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 2
+    for t in study.trials:
+        assert t.intermediate_values, "every trial reported intermediate scores"
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(t.params["p_switch"] * 6)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    best = max(t.value for t in study.trials if t.value is not None)
+    assert all(t.params["p_switch"] * 6 < best for t in pruned), "only laggards are pruned"
+
+    again = load_study(out)   # the journal file holds the whole study
+    assert len(again.trials) == 6 and again.user_attrs["metric"] == "gt_psnr"
+    md, png = write_study_report(again, out)
+    text = md.read_text()
+    assert "Best: trial" in text and "p_switch" in text and png.stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tune"
+    argv = ["--preset", "smoke", "--trials", "2", "--executor", "debug", "--space", "p_switch,lr", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), *[o for o in TINY]]
+    assert bench.tune.main(argv) == 0
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [2, 4]      # DMD checkpoints at steps 2 and 4
+        rows = pd.read_parquet(out / "cells" / t.user_attrs["cell"] / "rows.parquet")
+        assert t.value == pytest.approx(metric_mean(rows, "gt_psnr"))
+    assert (out / "tune.png").exists() and "Best: trial" in capsys.readouterr().out
