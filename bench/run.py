@@ -144,7 +144,7 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     if args.list:
         return list_names(args.list)
     try:

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs")
     ap.add_argument("--cache", default=None)
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     cfg: RunConfig = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
     cfg = replace(cfg, method="ours", n_effects=args.effects or cfg.n_effects,
                   eval=replace(cfg.eval, limit=args.limit if args.limit is not None else cfg.eval.limit))

@@ -158,8 +158,9 @@ class _Running:
 
 
 def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, direction: str, trials: int,
-              parallel: int, space: list[str], executor: str = "local", slurm=None, study_name: str = "tune",  # noqa: ANN001
-              seed: int = 0, prune: bool = True, poll_s: float = 2.0, probe_limit: int = 2):
+              parallel: int, space: list[str], executor: str = "local", slurm=None,  # noqa: ANN001
+              study_name: str = "tune", seed: int = 0, prune: bool = True, poll_s: float = 2.0,
+              probe_limit: int = 2):
     """Run ``trials`` trials (at most ``parallel`` at once) and return the optuna study."""
     import optuna
     from optuna.storages import JournalStorage
@@ -355,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where trials run (submitit): local subprocesses, in this process, or SLURM jobs")
     p.add_argument("--study", default="tune", help="study name in the journal (default: tune)")
     p.add_argument("--out", default="runs/tune", help="study directory (journal, cells, tune.md, tune.png)")
-    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
+    p.add_argument("--cache", default=None,
+                   help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
     p.add_argument("--report", default=None, metavar="DIR", help="only write the table and plot of DIR's study")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; slurm.<field>=value for jobs")
     return p

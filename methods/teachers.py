@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from bench.config import LoraTrainConfig
 from methods.backbones import Backbone
 from methods.fm import EditPairs, FMSettings, train_flow_matching
@@ -18,7 +20,9 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
     """Train one LoRA on ``backbone`` (left without adapters afterwards) and save it to ``out_dir``."""
     transformer = backbone.transformer
     transformer.requires_grad_(False)
-    add_lora(transformer, TRAINING_ADAPTER, cfg)   # peft marks only the new LoRA weights trainable
+    with torch.random.fork_rng():  # LoRA init from the teacher's seed: reproducible across processes
+        torch.manual_seed(seed)
+        add_lora(transformer, TRAINING_ADAPTER, cfg)
     try:
         settings = FMSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, shift=shift,
                               uncond_prob=cfg.uncond_prob, grad_clip=cfg.grad_clip,

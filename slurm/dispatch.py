@@ -55,6 +55,7 @@ SHARED_NEEDS: dict[str, frozenset[str]] = {
     "lightning": frozenset({"teachers", "lightning"}),
     "fm_all_in_1": frozenset({"teachers", "teacher_outputs", "lightning"}),
     "ours": frozenset({"teachers", "teacher_outputs"}),
+    **{m: frozenset({"teachers", "lightning"}) for m in ("merge_linear", "merge_ties", "merge_dare")},
 }
 
 
@@ -172,9 +173,10 @@ class CellJob(_Requeueable):
         return {"cell": cid, "rows": len(rows)}
 
 
-def write_report(out: str) -> str:
-    """The report stage: ``python -m bench.report OUT`` when that module exists, else a
-    markdown table of metric means with the failed cells named."""
+def write_report(out: str, cache: str | None = None) -> str:
+    """The report stage: ``python -m bench.report OUT --cache CACHE`` when that module exists
+    (the cache holds the synthetic EffectBench its image grids read), else a markdown table of
+    metric means with the failed cells named."""
     import importlib.util
     import subprocess
 
@@ -184,7 +186,8 @@ def write_report(out: str) -> str:
 
     out_dir = Path(out)
     if importlib.util.find_spec("bench.report") is not None:
-        subprocess.run([sys.executable, "-m", "bench.report", str(out_dir)], check=True)
+        cmd = [sys.executable, "-m", "bench.report", str(out_dir)] + (["--cache", cache] if cache else [])
+        subprocess.run(cmd, check=True)
         return str(out_dir)
     store = ResultStore(out_dir)
     rows = store.read_all()
@@ -388,7 +391,7 @@ def submit(cells: list[RunConfig], out: str | Path, cache: str | Path | None = N
     if p.cells or not (out / "report.md").exists():
         dep = f"afterany:{array_ids['cells']}" if "cells" in array_ids and kind == "slurm" else None
         report = Task("report", "report", (str(out),))
-        jobs = _submit_stage(sub, kind, out, slurm, "report", write_report, [(str(out),)], [report],
+        jobs = _submit_stage(sub, kind, out, slurm, "report", write_report, [(str(out), str(cache_root))], [report],
                              dependency=dep, cpu_only=True)
         if kind != "slurm":
             _wait_local(jobs, [report])

@@ -26,8 +26,17 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     files = list(out.glob("cells/*/rows.parquet"))
     assert len(files) == 1
     rows = pd.read_parquet(files[0])
-    assert set(rows["metric"]) == {"gt_psnr", "gt_mae", "src_ssim", "nfe"}
-    assert rows["effect"].nunique() == 3 and (rows["status"] == "ok").all()
+    synthetic = {"gt_psnr", "gt_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn"}
+    real = {"clip", "dreamsim", "dino", "vsa", "editreward", "bcr"}
+    assert set(rows["metric"]) == synthetic | real | {"nfe"}
+    assert rows["effect"].nunique() == 3
+    assert (rows.loc[rows.metric.isin(synthetic | {"nfe"}), "status"] == "ok").all()
+    assert set(rows.loc[rows.role != "", "role"]) >= {"CLIP", "DreamSim", "DINO", "VSA", "EditReward", "BCR", "NFE"}
+    # offline, no weights: the real metrics finish as "missing" and say why, never a number
+    missing = rows[rows.metric.isin(real)]
+    assert (missing["status"] == "missing").all() and missing["value"].isna().all()
+    assert missing.groupby("metric")["note"].first().str.len().min() > 20
+    assert "missing" in printed
     # Base is 10 steps x true CFG in the smoke preset: NFE is counted, 2 calls per step
     assert set(rows.loc[rows.metric == "nfe", "value"]) == {20.0}
     config = json.loads((files[0].parent / "config.json").read_text())
