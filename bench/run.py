@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="base", help="method name (see --list methods)")
     p.add_argument("--preset", default="synth", help="config preset (see --list presets); default: synth")
     p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
-    p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
+    p.add_argument("--effects", default=None, metavar="N|PATH",
+                   help="use the first N effects, or an EffectBench effects.jsonl / directory (real data)")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
     p.add_argument("--seed", type=int, default=None, help="training/sampling seed of the run")
     p.add_argument("--out", default="runs", help="results directory (default: ./runs)")
@@ -63,7 +64,15 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if args.effects is not None:
-        cfg = replace(cfg, n_effects=args.effects)
+        if args.effects.isdigit():
+            cfg = replace(cfg, n_effects=int(args.effects))
+        else:  # a manifest: run every effect it lists
+            path = Path(args.effects)
+            root = path.parent if path.suffix == ".jsonl" else path
+            if not (root / "effects.jsonl").exists():
+                raise ValueError(f"--effects {args.effects}: no effects.jsonl at {root}")
+            n = sum(1 for line in (root / "effects.jsonl").read_text().splitlines() if line.strip())
+            cfg = replace(cfg, n_effects=n, world=replace(cfg.world, kind="effectbench", root=str(root)))
     if args.limit is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, limit=args.limit))
     cfg = apply_overrides(cfg, args.overrides)

@@ -118,3 +118,12 @@ def test_studies_write_rows(study, extra, tmp_path, cache_dir, capsys):
             "ours (A then B, one pass)": 8.0, "teacher A -> teacher B": 40.0}
     else:
         assert set(rows["effect_set"]) == {"old", "new"} and rows["method"].nunique() == 2
+
+
+def test_effects_accepts_a_manifest_path(tmp_path):
+    from bench.run import build_parser, resolve_config
+
+    (tmp_path / "effects.jsonl").write_text('{"lora_name": "a"}\n{"lora_name": "b"}\n')
+    cfg = resolve_config(build_parser().parse_intermixed_args(["--effects", str(tmp_path / "effects.jsonl")]))
+    assert cfg.world.kind == "effectbench" and cfg.world.root == str(tmp_path) and cfg.n_effects == 2
+    assert resolve_config(build_parser().parse_intermixed_args(["--effects", "7"])).n_effects == 7
