@@ -387,8 +387,11 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     missing = all_rows[all_rows["status"] != "ok"] if len(all_rows) else all_rows
     if len(missing):
         add("Metrics reported as missing (no number was made up):\n")
-        for r in missing.drop_duplicates(["metric", "note"]).itertuples():
-            add(f"- `{r.metric}`: {r.note}")
+        for (metric, router), sub in missing.groupby(["metric", missing.get("router", pd.Series("", index=missing.index))
+                                                       .fillna("")], sort=False):
+            note = str(sub["note"].iloc[0])
+            short = note if len(note) <= 220 else note[:220].rsplit(" ", 1)[0] + " … (full text in the rows' `note`)"
+            add(f"- `{metric}`{f' ({router})' if router else ''}: {short}")
         add("")
 
     # 8. configs and seeds ------------------------------------------------------------------------------------
@@ -451,8 +454,9 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
         base_cols = [GridColumn("source", [t.source_image for t in tests] or [None] * k),
                      GridColumn("ground truth", [t.target_image for t in tests] or [None] * k)]
         if per_method:
-            cols = base_cols + [GridColumn(tables.label(m).split(" (")[0], result_images(c.dir, effect, k))
-                                for m, c in per_method.items()]
+            short = lambda m: tables.label(m).split(" (")[0].replace(" + Lightning", "") \
+                if m != "lightning" else "Base + Lightning"  # noqa: E731 -- column titles must fit a tile
+            cols = base_cols + [GridColumn(short(m), result_images(c.dir, effect, k)) for m, c in per_method.items()]
             title = f"{effect}: {spec.prompt}" if spec else effect
             p = image_grid(cols, assets / "qualitative" / f"main_{effect}.png", title=title)
             lines.append(f"![{effect}]({rel(p)})\n")

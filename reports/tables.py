@@ -133,6 +133,8 @@ def bold_best(values: pd.Series, higher: bool, text: Callable[[float], str]) -> 
     """Format a column; the best value (ties included) in bold when more than one row has a value."""
     finite = values.dropna()
     best = (finite.max() if higher else finite.min()) if len(finite) else None
+    if len(finite) and math.isclose(finite.max(), finite.min(), rel_tol=1e-9, abs_tol=1e-12):
+        best = None  # all tied: nothing stands out
     out = []
     for v in values:
         s = text(v)
@@ -298,7 +300,7 @@ def deployment_table(rows: pd.DataFrame) -> str:
     lines: list[dict] = []
 
     def block(title: str, metric: str, methods: Sequence[str], text: Callable[[float, pd.DataFrame], str],
-              router: str = "", higher: bool = False) -> None:
+              router: str = "", higher: bool = False, bold: bool = True) -> None:
         sub = ok[(ok.metric == metric) & (ok.router == router)]
         if sub.empty:
             return
@@ -314,7 +316,7 @@ def deployment_table(rows: pd.DataFrame) -> str:
                 finite = [x for x in per_n[n] if not pd.isna(x)]
                 best = (max(finite) if higher else min(finite)) if finite else None
                 # bold the best only where it reads differently from another method's value
-                distinct = len({t for t in shown[n] if t != "—"}) > 1
+                distinct = bold and len({t for t in shown[n] if t != "—"}) > 1
                 line[f"N={n}"] = f"**{s}**" if distinct and not pd.isna(v) and math.isclose(v, best) else s
             lines.append(line)
 
@@ -337,7 +339,9 @@ def deployment_table(rows: pd.DataFrame) -> str:
     block("Fuse once (start-up) ↓", "fuse_once_s", ["ours"], lambda v, _: human_seconds(v))
     block("Switch: fused collection ↓", "switch_fused_s", ["ours"], lambda v, _: human_seconds(v))
     block("End-to-end per image ↓", "e2e_latency_s", ["base", "baseline", "ours"], lambda v, _: human_seconds(v))
-    block("Peak memory ↓", "peak_memory_bytes", ["base", "baseline", "ours"], lambda v, _: human_bytes(v))
+    # process-wide peak RSS on CPU is dominated by the framework: shown, not ranked
+    block("Peak memory ↓", "peak_memory_bytes", ["base", "baseline", "ours"], lambda v, _: human_bytes(v),
+          bold=not rows.loc[rows.metric == "peak_memory_bytes", "note"].astype(str).str.contains("rss").any())
     if not lines:
         return "_no deployment rows_"
     text = render(pd.DataFrame(lines))
