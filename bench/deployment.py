@@ -496,11 +496,11 @@ def _deployment_backbone(ws: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.deployment", description=__doc__.split("\n")[0],
                                 epilog="example: python -m bench.deployment --preset smoke --n 10,50,150 --out runs")
-    p.add_argument("--preset", default="synth")
+    p.add_argument("--preset", default="synth", help="config preset giving the shapes and world (default: synth)")
     p.add_argument("--n", default=None, help="comma list of effect counts (default: the deployment grid's)")
-    p.add_argument("--out", default="runs")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", default="runs", help="results directory, same layout as bench.run (default: ./runs)")
+    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/...)")
+    p.add_argument("--force", action="store_true", help="measure again even if a cell finished before")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 

@@ -23,6 +23,9 @@ ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PD
                   "ts": "(4) +TA-FM", "none": "(5) +TS (full)"}
 
 
+DEPLOY_COLORS = {"base": "tab:blue", "baseline": "tab:orange", "ours": "tab:green"}  # same in every panel
+
+
 def _role_column(rows: pd.DataFrame, role: str):
     cols = [c for c in metric_columns(rows, paper_roles=False) if c.role == role and c.metric]
     return cols[0] if cols else None
@@ -121,7 +124,8 @@ def deployment_curves(rows: pd.DataFrame, path: Path, router: str = "embedding")
         for m in ("base", "baseline", "ours"):
             s = means[means.method == m].sort_values("n_effects")
             if len(s):
-                ax.plot(s.n_effects, s.value * scale, marker="o", label=DEPLOY_METHOD.get(m, m).split(" (")[0])
+                ax.plot(s.n_effects, s.value * scale, marker="o", color=DEPLOY_COLORS[m],
+                        label=DEPLOY_METHOD.get(m, m).split(" (")[0])
         ax.set_title(title, fontsize=9)
         _effects_axis(ax, sub.n_effects.unique())
         ax.grid(alpha=0.3)

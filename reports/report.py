@@ -387,8 +387,8 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     missing = all_rows[all_rows["status"] != "ok"] if len(all_rows) else all_rows
     if len(missing):
         add("Metrics reported as missing (no number was made up):\n")
-        for (metric, router), sub in missing.groupby(["metric", missing.get("router", pd.Series("", index=missing.index))
-                                                       .fillna("")], sort=False):
+        missing = missing.assign(router=missing["router"].fillna("") if "router" in missing.columns else "")
+        for (metric, router), sub in missing.groupby(["metric", "router"], sort=False):
             note = str(sub["note"].iloc[0])
             short = note if len(note) <= 220 else note[:220].rsplit(" ", 1)[0] + " … (full text in the rows' `note`)"
             add(f"- `{metric}`{f' ({router})' if router else ''}: {short}")
