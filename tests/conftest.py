@@ -23,3 +23,29 @@ def tiny_backbone():
     from methods.backbones.tiny_qwen import TinyQwenBackbone
 
     return TinyQwenBackbone.create(BackboneConfig(num_layers=2), seed=0)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A running SLURM cluster: the existing one, or the dev cluster started when CI=true or
+    BENCH_START_SLURM=1 (then failing to start is a failure, not a skip); otherwise skip."""
+    import time
+
+    from slurm.devcluster import HINT, cluster_available, ensure_cluster, is_ci, start_allowed_by_env
+
+    ok, reason = cluster_available()
+    if ok:
+        return reason
+    if not start_allowed_by_env():
+        pytest.skip(f"no SLURM cluster ({reason}): {HINT}")
+    t0 = time.monotonic()
+    try:
+        ensure_cluster(start=True)
+        error = ""
+    except RuntimeError as exc:
+        error = str(exc)
+    if error:
+        where = "CI=true" if is_ci() else "BENCH_START_SLURM=1"
+        pytest.fail(f"{where} but the dev SLURM cluster could not be started: {error}", pytrace=False)
+    print(f"\n[slurm] dev cluster started in {time.monotonic() - t0:.1f}s")
+    return cluster_available()[1]

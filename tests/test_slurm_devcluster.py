@@ -18,12 +18,6 @@ import pytest
 
 submitit = pytest.importorskip("submitit")
 
-try:
-    from slurm.devcluster import HINT, cluster_available, ensure_cluster, is_ci, start_allowed_by_env
-except ImportError:  # tests run without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from slurm.devcluster import HINT, cluster_available, ensure_cluster, is_ci, start_allowed_by_env
-
 pytestmark = pytest.mark.slurm
 
 # The job functions below live in this test module, which the worker cannot import
@@ -31,26 +25,6 @@ pytestmark = pytest.mark.slurm
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PARTITION = os.environ.get("BENCH_SLURM_PARTITION", "debug")
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> str:
-    ok, reason = cluster_available()
-    if ok:
-        return reason
-    if not start_allowed_by_env():
-        pytest.skip(f"no SLURM cluster ({reason}): {HINT}")
-    t0 = time.monotonic()
-    try:
-        ensure_cluster(start=True)
-        error = ""
-    except RuntimeError as exc:
-        error = str(exc)
-    if error:  # under CI (or when asked to start one) a missing cluster is a failure, not a skip
-        where = "CI=true" if is_ci() else "BENCH_START_SLURM=1"
-        pytest.fail(f"{where} but the dev SLURM cluster could not be started: {error}", pytrace=False)
-    print(f"\n[slurm] dev cluster started in {time.monotonic() - t0:.1f}s")
-    return cluster_available()[1]
 
 
 def _executor(folder: Path, **extra) -> "submitit.AutoExecutor":

@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides
 from bench.store import ResultStore, cell_id
-from slurm.devcluster import HINT, cluster_available, ensure_cluster, is_ci, start_allowed_by_env
 from slurm.dispatch import submit
 from slurm.executors import SlurmConfig
 from slurm.status import cell_status, failed_cells, print_status, resubmit_failed
@@ -38,24 +37,6 @@ RESOURCES = SlurmConfig(time_min=20, cpus_per_task=1, array_parallelism=2)
 
 def tiny(*extra: str, **fields) -> RunConfig:
     return replace(apply_overrides(PRESETS.get("smoke")(), [*TINY, *extra]), **fields)
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> str:
-    ok, reason = cluster_available()
-    if ok:
-        return reason
-    if not start_allowed_by_env():
-        pytest.skip(f"no SLURM cluster ({reason}): {HINT}")
-    try:
-        ensure_cluster(start=True)
-        error = ""
-    except RuntimeError as exc:
-        error = str(exc)
-    if error:
-        where = "CI=true" if is_ci() else "BENCH_START_SLURM=1"
-        pytest.fail(f"{where} but the dev SLURM cluster could not be started: {error}", pytrace=False)
-    return cluster_available()[1]
 
 
 @pytest.fixture(scope="module")
