@@ -53,23 +53,50 @@ class ArtifactCache:
             if (final / DONE).exists():  # built by another process while we waited
                 self._say(f"cached   {label}")
                 return final
-            self._say(f"building {label}")
-            started = time.perf_counter()
-            tmp = final.parent / f".tmp-{key}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            try:
-                if config is not None:
-                    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-                build(tmp)
-                (tmp / DONE).write_text("")
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-                shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
-                self._say(f"built    {label} in {time.perf_counter() - started:.1f}s")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            self._install(kind, key, build, config, label)
         return final
+
+    def _install(self, kind: str, key: str, build: Callable[[Path], None], config: dict[str, Any] | None,
+                 label: str) -> None:
+        """Build into a temporary directory and rename it into place (the caller holds the lock)."""
+        final = self.path(kind, key)
+        self._say(f"building {label}")
+        started = time.perf_counter()
+        tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            if config is not None:
+                (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+            build(tmp)
+            (tmp / DONE).write_text("")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
+            self._say(f"built    {label} in {time.perf_counter() - started:.1f}s")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, kind: str, key: str, build: Callable[[Path], None], *,
+                config: dict[str, Any] | None = None, label: str | None = None) -> bool:
+        """Build an artifact now if it is missing and nobody is building it; never waits.
+        Returns whether it was built (e.g. training snapshots published on the way)."""
+        if self.exists(kind, key):
+            return False
+        lock_path = self.root / kind / f".{key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process is building it
+            try:
+                if self.exists(kind, key):
+                    return False
+                self._install(kind, key, build, config, label or f"{kind} {key}")
+                return True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def _lock(self, kind: str, key: str) -> Iterator[None]:

@@ -104,6 +104,9 @@ class DistillConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 100      # full training state every K steps (rotated)
     keep_checkpoints: int = 2
+    # Every K steps publish the student as the finished artifact of this same run with
+    # steps=k (a k-step run is exactly the first k steps), so a training curve costs one run.
+    snapshot_every: int = 0          # 0: off. Like the two above, not part of the artifact key.
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,10 @@ def smoke() -> RunConfig:
         pretrain=replace(cfg.pretrain, steps=150, batch_size=16, warmup=20),
         teacher=replace(cfg.teacher, steps=30, batch_size=8, rank=8, alpha=8),
         sampling=replace(cfg.sampling, base_steps=10),
-        distill=replace(cfg.distill, steps=40, batch_size=8, rank=8, alpha=8, checkpoint_every=20),
+        # stream_redraw_every=5: 8 PDSR draws in 40 steps (at 20 only two, and ablation rows (1)
+        # and (2) could come out identical by chance)
+        distill=replace(cfg.distill, steps=40, batch_size=8, rank=8, alpha=8, checkpoint_every=20,
+                        stream_redraw_every=5),
         lightning=replace(cfg.lightning, steps=30, batch_size=8, rank=8, alpha=8, checkpoint_every=15),
         fm_all=replace(cfg.fm_all, steps=40, batch_size=8, rank=8, alpha=8),
         eval=replace(cfg.eval, limit=4),
@@ -234,6 +240,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+# Fields that change how a run is kept (checkpointing, snapshots), never what it computes: left
+# out of cell ids and artifact keys, so e.g. a curve cell that publishes snapshots *is* the
+# ablation cell of the same run.
+BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "snapshot_every")
+
+
+def result_dict(cfg: Any) -> Any:
+    """``to_dict(cfg)`` without the bookkeeping fields, at any depth."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in BOOKKEEPING_FIELDS}
+        return value
+
+    return strip(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
 
 
 def config_hash(*parts: Any, length: int = 12) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.config import config_hash, to_dict
+from bench.config import config_hash, result_dict, to_dict
 
 ROWS = "rows.parquet"
 
@@ -25,8 +25,8 @@ COLUMNS = ["run", "method", "ablation", "components", "preset", "n_effects", "ef
 
 
 def cell_id(cfg: Any) -> str:
-    """A cell's id: a short hash of its resolved config."""
-    return config_hash(cfg)
+    """A cell's id: a short hash of its resolved config (bookkeeping fields left out)."""
+    return config_hash(result_dict(cfg))
 
 
 class ResultStore:

@@ -31,6 +31,7 @@ import submitit
 from bench.cache import ArtifactCache
 from bench.config import RunConfig
 from bench.store import ResultStore, cell_id
+from methods.dmd import TrainerCallback, observe
 
 
 @dataclass(frozen=True)
@@ -68,46 +69,49 @@ INTERMEDIATE = "intermediate.jsonl"   # per cell: {"step", "value"} at every DMD
 # the trial job
 
 
-def _intermediate_trainer(ws, prompt_of: Callable, metric_name: str, path: Path, limit: int):  # noqa: ANN001
-    """A DMDTrainer that also scores the student at every checkpoint (``path`` gets one JSON
-    line per checkpoint). Scoring uses its own RNG, so training is unchanged."""
-    import torch
+class _IntermediateScores(TrainerCallback):
+    """A DMD trainer callback (methods/dmd.py ``observe``) that scores the student at every
+    checkpoint and appends ``{"step", "value"}`` to ``path``. Scoring uses its own RNG, so the
+    training is the same with and without it."""
 
-    from methods.distill import edit_with
-    from methods.dmd import STUDENT, DMDTrainer
-    from metrics import METRICS, EvalBatch
+    def __init__(self, ws, prompt_of: Callable, metric_name: str, path: Path, limit: int) -> None:  # noqa: ANN001
+        from metrics import METRICS
 
-    metric = METRICS.get(metric_name)()
+        self.ws, self.prompt_of, self.path, self.limit = ws, prompt_of, path, limit
+        self.metric = METRICS.get(metric_name)()
 
-    class ReportingTrainer(DMDTrainer):
-        def save_checkpoint(self) -> Path:
-            saved = super().save_checkpoint()
-            with torch.no_grad():
-                value = self._score()
-            with path.open("a") as f:
-                f.write(json.dumps({"step": self.step, "value": value}) + "\n")
-            return saved
+    def on_checkpoint(self, trainer, path: Path) -> None:  # noqa: ANN001
+        import torch
 
-        def _score(self) -> float:
-            s, scores = ws.cfg.sampling, []
-            for effect in ws.bench.effects:
-                tests = ws.bench.test_rows(effect.lora_name)[:limit]
-                sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
-                targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
-                           if all(t.target_image is not None for t in tests) else None)
-                template = ws.bench.templates_for(effect.lora_name)[0]
-                reference = ws.images([template.template_result], [template.origin])
-                gen = torch.Generator().manual_seed(ws.cfg.seed)
-                prompt = prompt_of(effect)
-                images, _ = edit_with(self.bb, self.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
-                                      shift=s.shift, cfg_scale=1.0, generator=gen)
-                batch = EvalBatch(images.cpu(), sources, [prompt] * len(tests), targets,
-                                  reference.expand(len(tests), -1, -1, -1))
-                scores += metric.score(batch)
-            self.bank.activate()
-            return float(sum(scores) / len(scores))
+        with torch.no_grad():
+            value = self._score(trainer)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": trainer.step, "value": value}) + "\n")
 
-    return ReportingTrainer
+    def _score(self, trainer) -> float:  # noqa: ANN001
+        import torch
+
+        from methods.distill import edit_with
+        from methods.dmd import STUDENT
+        from metrics import EvalBatch
+
+        ws, s, scores = self.ws, self.ws.cfg.sampling, []
+        for effect in ws.bench.effects:
+            tests = ws.bench.test_rows(effect.lora_name)[: self.limit]
+            sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
+            targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
+                       if all(t.target_image is not None for t in tests) else None)
+            template = ws.bench.templates_for(effect.lora_name)[0]
+            reference = ws.images([template.template_result], [template.origin])
+            gen = torch.Generator().manual_seed(ws.cfg.seed)
+            prompt = self.prompt_of(effect)
+            images, _ = edit_with(trainer.bb, trainer.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
+                                  shift=s.shift, cfg_scale=1.0, generator=gen)
+            batch = EvalBatch(images.cpu(), sources, [prompt] * len(tests), targets,
+                              reference.expand(len(tests), -1, -1, -1))
+            scores += self.metric.score(batch)
+        trainer.bank.activate()
+        return float(sum(scores) / len(scores))
 
 
 def metric_mean(rows, metric: str) -> float:  # noqa: ANN001
@@ -123,9 +127,6 @@ class TrialJob(submitit.helpers.Checkpointable):
     intermediate scores at every DMD checkpoint; returns the mean of ``metric``."""
 
     def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
-        from unittest import mock
-
-        import methods.distill
         from bench.run import run_cell
         from bench.workspace import Workspace
         from methods import METHODS, resolve_components
@@ -138,8 +139,8 @@ class TrialJob(submitit.helpers.Checkpointable):
         method_cls = METHODS.get(cfg.method)
         method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
         prompt_of = getattr(method, "student_prompt", lambda e: e.prompt)
-        trainer = _intermediate_trainer(ws, prompt_of, metric, Path(config_path).parent / INTERMEDIATE, probe_limit)
-        with mock.patch.object(methods.distill, "DMDTrainer", trainer):
+        scores = _IntermediateScores(ws, prompt_of, metric, Path(config_path).parent / INTERMEDIATE, probe_limit)
+        with observe(scores):
             rows = run_cell(cfg, Path(out), cache_obj)
         return metric_mean(rows, metric)
 

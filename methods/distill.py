@@ -7,14 +7,17 @@ Shared by ``lightning`` (general stream only, real score = the base) and ``ours`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from bench.config import DistillConfig, config_hash, to_dict
+from bench.config import DistillConfig, config_hash, result_dict, to_dict
 from bench.effectbench import EffectSpec
+from methods import distributed
 from methods.adapters import AdapterBank
-from methods.dmd import DMDTrainer, Objectives
+from methods.dmd import DMDTrainer, Objectives, TrainerCallback
 from methods.streams import EffectData, GeneralData, StreamSampler
 from methods.teachers import teacher_outputs
 
@@ -22,13 +25,26 @@ from methods.teachers import teacher_outputs
 def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpec], p_switch: float,
                    objectives: Objectives, student_prompt: Callable[[EffectSpec], str], label: str,
                    seed: int, init_student: Path | None = None, extra_key: object = None) -> Path:
-    """Train (or reuse) a DMD-distilled student LoRA; returns its cached directory."""
-    teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
-    key = config_hash(ws.base_key, to_dict(cfg), p_switch, to_dict(objectives),
-                      [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
-                      seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key)
+    """Train (or reuse) a DMD-distilled student LoRA; returns its cached directory.
 
-    def build(out: Path) -> None:
+    Under torch.distributed (several ranks, e.g. ``torchrun -m bench.run`` or a multi-task SLURM
+    job) the ranks train it together, data-parallel; rank 0 owns the cache entry."""
+    teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+    env = distributed.current()
+
+    def key_of(c: DistillConfig) -> str:
+        return config_hash(ws.base_key, result_dict(c), p_switch, to_dict(objectives),
+                           [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
+                           seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key)
+
+    def record(c: DistillConfig) -> dict:
+        return {"base": ws.base_key, "distill": to_dict(c), "p_switch": p_switch,
+                "objectives": to_dict(objectives), "effects": [e.lora_name for e in effects],
+                "seed": seed, "init_student": str(init_student)}
+
+    key = key_of(cfg)
+
+    def build(out: Path | None) -> None:
         bb = ws.load_backbone()
         anchors = {e.lora_name: teacher_outputs(ws, e, bb) for e in effects} if p_switch > 0 else {}
         bank = AdapterBank(bb.transformer)
@@ -57,18 +73,61 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
         streams = StreamSampler(effect_data if p_switch > 0 else [], general, p_switch=p_switch,
                                 redraw_every=cfg.stream_redraw_every, batch_size=cfg.batch_size,
                                 grid=bb.latent_grid(size, size))
+        snapshots = (_Snapshots(ws.cache, kind, key_of, record, label),)
         trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,
                              fast_steps=ws.cfg.sampling.fast_steps, shift=ws.cfg.sampling.shift,
                              seed=seed, work_dir=ws.cache.work_dir(kind, key),
-                             init_student=init_student, desc=label)
+                             init_student=init_student, desc=label,
+                             callbacks=snapshots if cfg.snapshot_every and env.is_main else (), env=env)
         trainer.train()
-        trainer.save_student(out)
-        trainer.write_losses(out / "losses.csv")
+        if out is not None:
+            trainer.save_student(out)
+            trainer.write_losses(out / "losses.csv")
 
-    return ws.cache.get_or_build(kind, key, build, label=label, config={
-        "base": ws.base_key, "distill": to_dict(cfg), "p_switch": p_switch,
-        "objectives": to_dict(objectives), "effects": [e.lora_name for e in effects],
-        "seed": seed, "init_student": str(init_student)})
+    if env.world_size == 1:
+        return ws.cache.get_or_build(kind, key, build, label=label, config=record(cfg))
+    # Several ranks: rank 0 takes the cache lock and tells the others whether it trains; they
+    # train beside it (same batches, averaged gradients) and write nothing.
+    if env.is_main:
+        told = []
+
+        def main_build(out: Path) -> None:
+            told.append(distributed.broadcast_flag(True))
+            build(out)
+
+        path = ws.cache.get_or_build(kind, key, main_build, label=label, config=record(cfg))
+        if not told:
+            distributed.broadcast_flag(False)
+    else:
+        if distributed.broadcast_flag(None):
+            build(None)
+        path = ws.cache.path(kind, key)
+    dist.barrier()
+    return path
+
+
+class _Snapshots(TrainerCallback):
+    """``distill.snapshot_every=K``: at every K-th step publish the student as the finished
+    artifact of the same run with ``steps=k``. The DMD loop's constant learning rate, stream
+    sampler and RNG do not depend on the total step count, so the k-step run *is* this run's
+    first k steps (tests/test_dmd.py checks it bit for bit); a training curve over k costs one
+    run instead of sum(k)."""
+
+    def __init__(self, cache, kind: str, key_of: Callable, record: Callable, label: str) -> None:  # noqa: ANN001
+        self.cache, self.kind, self.key_of, self.record, self.label = cache, kind, key_of, record, label
+
+    def on_step_end(self, trainer: DMDTrainer, log: dict) -> None:
+        cfg, k = trainer.cfg, trainer.step
+        if k % cfg.snapshot_every or k >= cfg.steps:
+            return
+        at_k = replace(cfg, steps=k)
+
+        def build(out: Path) -> None:
+            trainer.save_student(out)
+            trainer.write_losses(out / "losses.csv")
+
+        self.cache.publish(self.kind, self.key_of(at_k), build, config=self.record(at_k),
+                           label=f"{self.label} @ step {k} (snapshot)")
 
 
 def lightning_lora(ws) -> Path:

@@ -82,6 +82,21 @@ def init(backend: str | None = None) -> DistEnv:
     return DistEnv(env.rank, env.world_size, env.local_rank, backend)
 
 
+def current() -> DistEnv:
+    """The process group this process already joined (``init``), or a single process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return DistEnv()
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+
+
+def broadcast_flag(value: bool | None, src: int = 0) -> bool:
+    """Rank ``src``'s decision on every rank (``value`` is ignored elsewhere)."""
+    box = [value]
+    dist.broadcast_object_list(box, src)
+    return bool(box[0])
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

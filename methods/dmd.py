@@ -28,6 +28,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from tqdm.auto import tqdm
 from bench.config import DistillConfig, LoraTrainConfig
 from methods.adapters import AdapterBank
 from methods.backbones import Backbone, TextCondition
+from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
 from methods.fm import NonFiniteLossError
 from methods.flow import add_noise, predict_x0, shift_sigmas, sigma_schedule, true_cfg
 from methods.lora import lora_config, save_lora
@@ -68,17 +72,51 @@ def dmd_loss(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> tor
     return 0.5 * F.mse_loss(x, (x - grad).detach())
 
 
-def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=gen)
+class TrainerCallback:
+    """Hooks into the DMD loop (override what you need). A callback must not draw from the
+    trainer's generator: training with and without callbacks is the same run.
+
+    * ``on_step_end(trainer, log)``: after every step (``trainer.step`` already advanced).
+    * ``on_checkpoint(trainer, path)``: after a full-state checkpoint was written (main rank).
+    """
+
+    def on_step_end(self, trainer: "DMDTrainer", log: dict) -> None:
+        pass
+
+    def on_checkpoint(self, trainer: "DMDTrainer", path: Path) -> None:
+        pass
+
+
+_OBSERVERS: ContextVar[tuple[TrainerCallback, ...]] = ContextVar("dmd_observers", default=())
+
+
+@contextmanager
+def observe(*callbacks: TrainerCallback) -> Iterator[None]:
+    """Attach callbacks to every DMDTrainer created inside the block, however deep in the call
+    stack (e.g. ``bench.tune`` scores the student of the cell it runs at every checkpoint)."""
+    token = _OBSERVERS.set(_OBSERVERS.get() + callbacks)
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
 
 
 class DMDTrainer:
+    """The DMD loop. With ``env`` (several ranks of torch.distributed) every rank draws the same
+    full batch and noise from one RNG stream, computes its contiguous shard, and the LoRA
+    gradients are averaged before clipping: N ranks take the single-process step on the full
+    batch (methods/distributed.py; a test checks it with 2 gloo ranks)."""
+
     def __init__(self, backbone: Backbone, bank: AdapterBank, streams: StreamSampler, cfg: DistillConfig,
                  *, objectives: Objectives, fast_steps: int, shift: float, seed: int, work_dir: Path,
-                 init_student: Path | None = None, desc: str = "dmd") -> None:
+                 init_student: Path | None = None, desc: str = "dmd",
+                 callbacks: tuple[TrainerCallback, ...] = (), env: DistEnv | None = None) -> None:
         self.bb, self.bank, self.streams, self.cfg = backbone, bank, streams, cfg
         self.obj, self.shift, self.desc = objectives, shift, desc
         self.work_dir = Path(work_dir)
+        self.callbacks = (*callbacks, *_OBSERVERS.get())
+        self.env = env or DistEnv()
+        self._full, self._mine = cfg.batch_size, slice(None)   # this step's batch size and shard
         self.schedule = sigma_schedule(fast_steps, shift).to(backbone.device)
         lora = lora_config(LoraTrainConfig(rank=cfg.rank, alpha=cfg.alpha))
         with torch.random.fork_rng():  # LoRA init from the run seed, not from global RNG state
@@ -95,6 +133,7 @@ class DMDTrainer:
         self.opt_g = torch.optim.AdamW(student_params, lr=cfg.lr, betas=(0.9, 0.999))
         self.opt_c = torch.optim.AdamW(critic_params, lr=cfg.critic_lr or cfg.lr, betas=(0.9, 0.999))
         self.params_g, self.params_c = student_params, critic_params
+        broadcast_parameters(self.params_g + self.params_c)  # ranks start from rank 0's LoRAs
         self.gen = torch.Generator().manual_seed(seed)
         self.step = 0
         self.history: list[dict] = []
@@ -117,12 +156,18 @@ class DMDTrainer:
     def _fake_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, b: DistillBatch) -> torch.Tensor:
         return predict_x0(x_t, self._v((CRITIC,), x_t, sigma, b, b.student_cond), sigma)
 
+    # -- random draws: always the full batch from the one stream, then this rank's shard ---------
+    def _rand(self, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(self._full, generator=self.gen))[self._mine]
+
+    def _randn(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn((self._full, *like.shape[1:]), generator=self.gen)[self._mine].to(like.device)
+
     def _dmd_term(self, x: torch.Tensor, b: DistillBatch, sigma_range: tuple[float, float],
                   shifted: bool) -> torch.Tensor:
-        n = x.shape[0]
-        sigma = _uniform(n, *sigma_range, self.gen)
+        sigma = self._rand(*sigma_range)
         sigma = (shift_sigmas(sigma, self.shift) if shifted else sigma).to(x.device)
-        noise = torch.randn(x.shape, generator=self.gen).to(x.device)
+        noise = self._randn(x)
         x_t = add_noise(x.detach(), noise, sigma)
         return dmd_loss(x, self._real_x0(x_t, sigma, b), self._fake_x0(x_t, sigma, b))
 
@@ -132,7 +177,7 @@ class DMDTrainer:
         more student prediction there (with grad when the generator is updated)."""
         n = b.sources.shape[0]
         k = int(torch.randint(len(self.schedule) - 1, (1,), generator=self.gen))
-        x = torch.randn(b.sources.shape, generator=self.gen).to(b.sources.device)
+        x = self._randn(b.sources)
         with torch.no_grad():
             for i in range(k):
                 v = self._v((STUDENT,), x, self.schedule[i].expand(n), b, b.student_cond)
@@ -145,6 +190,10 @@ class DMDTrainer:
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> dict:
         b = self.streams.next(self.gen)
+        self._full = b.sources.shape[0]
+        if self.env.world_size > 1:
+            self._mine = shard(self._full, self.env)
+            b = b.slice(self._mine)
         update_gen = self.step % self.cfg.gen_update_ratio == 0
         x0, sigma_k = self._generator_sample(b, with_grad=update_gen)
         log = {"step": self.step, "stream": b.stream, "effect": b.teacher or ""}
@@ -153,8 +202,8 @@ class DMDTrainer:
             log["dmd"] = loss.item()
             if b.anchor is not None and self.obj.tafm:
                 # TA-FM: anchor the trajectory on the teacher output at sigma >= the simulated step's
-                sigma = (sigma_k + (1 - sigma_k) * torch.rand(x0.shape[0], generator=self.gen)).to(x0.device)
-                noise = torch.randn(b.anchor.shape, generator=self.gen).to(x0.device)
+                sigma = (sigma_k + (1 - sigma_k) * self._rand()).to(x0.device)
+                noise = self._randn(b.anchor)
                 v = self._v((STUDENT,), add_noise(b.anchor, noise, sigma), sigma, b, b.student_cond)
                 tafm = F.mse_loss(v.float(), noise - b.anchor)
                 loss = loss + self.cfg.tafm_weight * tafm
@@ -163,7 +212,7 @@ class DMDTrainer:
                 # TS: start the generator from the teacher output noised to a late schedule step
                 j = len(self.schedule) - 1 - 1 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
                 sigma_j = self.schedule[j].expand(x0.shape[0])
-                noise = torch.randn(b.anchor.shape, generator=self.gen).to(x0.device)
+                noise = self._randn(b.anchor)
                 x_j = add_noise(b.anchor, noise, sigma_j)
                 x0_ts = predict_x0(x_j, self._v((STUDENT,), x_j, sigma_j, b, b.student_cond), sigma_j)
                 ts = self._dmd_term(x0_ts, b, self.cfg.ts_sigma_range, shifted=False)
@@ -172,28 +221,45 @@ class DMDTrainer:
             self._check(loss, "generator")
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.params_g)  # no-op on one process
             log["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params_g, self.cfg.grad_clip))
             self.opt_g.step()
 
         # Critic: flow matching on the (shared, detached) generator sample
         fake = x0.detach()
-        n = fake.shape[0]
-        sigma = shift_sigmas(_uniform(n, 1e-3, 1.0, self.gen), self.shift).to(fake.device)
-        noise = torch.randn(fake.shape, generator=self.gen).to(fake.device)
+        sigma = shift_sigmas(self._rand(1e-3, 1.0), self.shift).to(fake.device)
+        noise = self._randn(fake)
         v = self._v((CRITIC,), add_noise(fake, noise, sigma), sigma, b, b.student_cond)
         critic = F.mse_loss(v.float(), noise - fake)
         self._check(critic, "critic")
         self.opt_c.zero_grad(set_to_none=True)
         critic.backward()
+        average_gradients(self.params_c)
         torch.nn.utils.clip_grad_norm_(self.params_c, self.cfg.grad_clip)
         self.opt_c.step()
         log["critic"] = critic.item()
         self.bank.activate()
         self.step += 1
-        return log
+        return self._mean_over_ranks(log)
+
+    def _mean_over_ranks(self, log: dict) -> dict:
+        """Logged losses as full-batch means (one all-reduce of a few scalars per step)."""
+        if self.env.world_size == 1:
+            return log
+        import torch.distributed as dist
+
+        keys = [k for k in ("dmd", "tafm", "ts", "critic") if k in log]
+        values = torch.tensor([log[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(values)
+        return {**log, **{k: float(v) / self.env.world_size for k, v in zip(keys, values)}}
 
     def _check(self, loss: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if self.env.world_size > 1:  # every rank stops together, or none does (no hung collective)
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
             last = self._checkpoints()
             raise NonFiniteLossError(
                 f"{self.desc}: {what} loss is {loss.item()} at step {self.step}. Training stopped; the last "
@@ -210,16 +276,25 @@ class DMDTrainer:
             bar.update(1)
             if "dmd" in log:
                 bar.set_postfix(dmd=f"{log['dmd']:.4f}", critic=f"{log['critic']:.4f}")
+            for cb in self.callbacks:
+                cb.on_step_end(self, log)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                self.save_checkpoint()
+                path = self.save_checkpoint()
+                for cb in self.callbacks:
+                    if path is not None:
+                        cb.on_checkpoint(self, path)
         bar.close()
-        self.write_losses(self.work_dir / "losses.csv")
+        if self.env.is_main:
+            self.write_losses(self.work_dir / "losses.csv")
         return self.history
 
     def _checkpoints(self) -> list[Path]:
         return sorted(self.work_dir.glob("ckpt-*.pt"))
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """Write the full state (main rank only; the others hold the same state). Returns its path."""
+        if not self.env.is_main:
+            return None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         t = self.bb.transformer
         state = {

@@ -9,7 +9,7 @@ stream only); ``p_switch = 0`` is Lightning's general-only distillation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -43,6 +43,12 @@ class DistillBatch:
     uncond: TextCondition
     anchor: torch.Tensor | None
     grid: tuple[int, int]
+
+    def slice(self, s: slice) -> "DistillBatch":
+        """This rank's part of the batch (data-parallel training; methods/distributed.py shard)."""
+        return replace(self, sources=self.sources[s], student_cond=self.student_cond.index(s),
+                       teacher_cond=self.teacher_cond.index(s), uncond=self.uncond.index(s),
+                       anchor=None if self.anchor is None else self.anchor[s])
 
 
 @dataclass

@@ -75,13 +75,20 @@ def test_corrupt_image_in_manifest_names_file_and_line(tmp_path, cache_dir):
 def test_ours_smoke_with_ablation_stores_components(tmp_path, cache_dir, capsys):
     out = tmp_path / "runs"
     assert main(["--method", "ours", "--ablate", "aop,ts", "--preset", "smoke", "--out", str(out),
-                 "--cache", str(cache_dir)]) == 0
+                 "--cache", str(cache_dir), "distill.snapshot_every=20"]) == 0
+    assert "@ step 20 (snapshot) in" in capsys.readouterr().out
     rows = pd.read_parquet(next(out.glob("cells/*/rows.parquet")))
     assert set(rows["ablation"]) == {"aop,ts"}
     assert json.loads(rows["components"].iloc[0]) == {"pdsr": True, "aop": False, "ts": False, "tafm": True}
     assert set(rows.loc[rows.metric == "nfe", "value"]) == {8.0}  # one LoRA, 8 steps, no CFG
-    losses = list(cache_dir.glob("collectionlora/*/losses.csv"))
-    assert losses and "critic" in losses[0].read_text().splitlines()[0]
+    losses = sorted(cache_dir.glob("collectionlora/*/losses.csv"), key=lambda p: len(p.read_text()))
+    assert len(losses) == 2 and "critic" in losses[0].read_text().splitlines()[0]
+    assert [len(p.read_text().splitlines()) - 1 for p in losses] == [20, 40]
+    # the 20-step run is the snapshot the 40-step run published: a new cell, no training
+    assert main(["--method", "ours", "--ablate", "aop,ts", "--preset", "smoke", "--out", str(out),
+                 "--cache", str(cache_dir), "distill.steps=20"]) == 0
+    printed = capsys.readouterr().out
+    assert "cached   CollectionLoRA" in printed and "building CollectionLoRA" not in printed
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -127,3 +134,29 @@ def test_effects_accepts_a_manifest_path(tmp_path):
     cfg = resolve_config(build_parser().parse_intermixed_args(["--effects", str(tmp_path / "effects.jsonl")]))
     assert cfg.world.kind == "effectbench" and cfg.world.root == str(tmp_path) and cfg.n_effects == 2
     assert resolve_config(build_parser().parse_intermixed_args(["--effects", "7"])).n_effects == 7
+
+
+@pytest.mark.e2e
+def test_grid_with_a_real_deployment_cell_runs_and_reports(tmp_path, cache_dir, capsys, monkeypatch):
+    """``--grid`` with a training cell and a measured deployment cell (tiny N, one timing repeat):
+    both are stored, and the report written at the end fills the main and deployment tables."""
+    from dataclasses import replace
+
+    from bench.grids import GRIDS, DeploymentCell
+
+    def tiny_paper(base):
+        return [replace(base, method="base"),
+                DeploymentCell(base=base, n_effects=3, capacity=2, routers=("exact", "embedding"),
+                               requests_per_effect=1, timing_repeats=1, seed=base.seed)]
+
+    monkeypatch.setitem(GRIDS._entries, "tiny_paper", tiny_paper)
+    out = tmp_path / "runs"
+    assert main(["--grid", "tiny_paper", "--preset", "smoke", "--out", str(out), "--cache", str(cache_dir)]) == 0
+    assert f"report -> {out / 'report.md'}" in capsys.readouterr().out
+    assert len(list(out.glob("cells/*/rows.parquet"))) == 2
+    report = (out / "report.md").read_text()
+    assert "| Single effect" in report.split("## 1.")[1].split("**paper**")[0]
+    deployment = report.split("## 3.")[1].split("**paper**")[0]
+    for block in ("Routing accuracy ↑ (embedding)", "Storage ↓", "Switch: hotswap ↓", "End-to-end per image ↓"):
+        assert block in deployment
+    assert "(4 files)" in deployment and "(2 files)" in deployment  # 3 LoRAs + Lightning; ⌈3/2⌉ collections

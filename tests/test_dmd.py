@@ -1,4 +1,7 @@
-"""DMD engine: the gradient, the teacher bank's errors and switching, resume and NaN handling."""
+"""DMD engine: the gradient, the teacher bank's errors and switching, resume and NaN handling,
+callbacks (snapshots are exact prefixes) and data-parallel ranks."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import torch
 from bench.config import BackboneConfig, DistillConfig, LoraTrainConfig
 from methods.adapters import AdapterBank, LoraMismatchError
 from methods.backbones.tiny_qwen import TinyQwenBackbone
-from methods.dmd import DMDTrainer, Objectives, dmd_loss
+from methods.dmd import DMDTrainer, Objectives, TrainerCallback, dmd_loss, observe
 from methods.fm import NonFiniteLossError
 from methods.flow import generate
 from methods.lora import add_lora, save_lora
@@ -91,7 +94,7 @@ def test_bank_errors_name_the_lora(bank_setup, tmp_path):
     assert set(bank.frozen) == {"t_a", "t_b"}  # failed loads left nothing behind
 
 
-def _trainer(tmp_path, steps, *, lr=1e-3, work="work"):
+def _trainer(tmp_path, steps, *, lr=1e-3, work="work", batch_size=2, env=None):
     torch.manual_seed(0)
     bb = TinyQwenBackbone.create(BackboneConfig(num_layers=2), seed=0)
     bank = AdapterBank(bb.transformer)
@@ -102,11 +105,11 @@ def _trainer(tmp_path, steps, *, lr=1e-3, work="work"):
     effect = EffectData("t_a", src, bb.encode_prompts(["teacher prompt"] * 6), bb.encode_prompts(["zqx, desc"] * 6),
                         bb.encode_images(torch.rand(6, 3, 8, 8, generator=gen)), bb.encode_prompts([""] * 6))
     general = GeneralData(src, bb.encode_prompts(["keep"] * 6), bb.encode_prompts([""] * 6))
-    streams = StreamSampler([effect], general, p_switch=0.5, redraw_every=2, batch_size=2, grid=(4, 4))
-    cfg = DistillConfig(steps=steps, batch_size=2, lr=lr, rank=4, alpha=4, checkpoint_every=3,
+    streams = StreamSampler([effect], general, p_switch=0.5, redraw_every=2, batch_size=batch_size, grid=(4, 4))
+    cfg = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, rank=4, alpha=4, checkpoint_every=3,
                         gen_update_ratio=2)
     return DMDTrainer(bb, bank, streams, cfg, objectives=Objectives(), fast_steps=8, shift=3.0, seed=0,
-                      work_dir=tmp_path / work)
+                      work_dir=tmp_path / work, env=env)
 
 
 def _student(trainer):
@@ -149,3 +152,70 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="critic loss is nan at step 4.*ckpt-00000003.pt"):
         trainer.train()
     assert (tmp_path / "nan" / "ckpt-00000003.pt").exists()
+
+
+class _Recorder(TrainerCallback):
+    def __init__(self):
+        self.steps, self.checkpoints, self.students = [], [], {}
+
+    def on_step_end(self, trainer, log):
+        self.steps.append(trainer.step)
+        self.students[trainer.step] = {k: v.clone() for k, v in _student(trainer).items()}
+
+    def on_checkpoint(self, trainer, path):
+        self.checkpoints.append(path.name)
+
+
+def test_callbacks_see_every_step_and_checkpoint_and_a_snapshot_is_the_shorter_run(tmp_path):
+    """``observe`` reaches trainers built deep inside a call; the student after k steps of a long
+    run equals a k-step run's student (what distill.snapshot_every publishes), and observing
+    changes nothing."""
+    rec = _Recorder()
+    with observe(rec):
+        long = _trainer(tmp_path, 6, work="long")
+    long.train()
+    assert rec.steps == [1, 2, 3, 4, 5, 6]
+    assert rec.checkpoints == ["ckpt-00000003.pt", "ckpt-00000006.pt"]
+    short = _trainer(tmp_path, 3, work="short")
+    short.train()
+    assert not short.callbacks  # outside the block: not observed
+    at3 = _student(short)
+    assert all(torch.equal(rec.students[3][k], at3[k]) for k in at3)
+    plain = _trainer(tmp_path, 6, work="plain")
+    plain.train()
+    assert [h.get("dmd") for h in plain.history] == [h.get("dmd") for h in long.history]
+
+
+def _rank_worker(rank, world, init_file, tmp):
+    import torch.distributed as dist
+
+    from methods.distributed import DistEnv
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = _trainer(Path(tmp), 4, work="ranks", batch_size=4, env=DistEnv(rank, world, rank, "gloo"))
+        trainer.train()
+        torch.save({"student": _student(trainer), "history": trainer.history}, Path(tmp) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_the_single_process_student(tmp_path):
+    """DMD data-parallel over 2 ranks (each half of every batch, averaged gradients) trains the
+    same student as one process on the full batch, and both ranks hold the same weights."""
+    import torch.multiprocessing as mp
+
+    _teacher_file(tmp_path, "t_a")
+    single = _trainer(tmp_path, 4, work="single", batch_size=4)
+    single.train()
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ref = _student(single)
+    for k in ref:
+        assert torch.equal(ranks[0]["student"][k], ranks[1]["student"][k]), "ranks diverged"
+        torch.testing.assert_close(ranks[0]["student"][k], ref[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(ranks[0]["history"], single.history):
+        assert a["stream"] == b["stream"]
+        assert a["critic"] == pytest.approx(b["critic"], rel=1e-4)
+    assert sorted(p.name for p in (tmp_path / "ranks").glob("ckpt-*.pt")) == ["ckpt-00000003.pt", "ckpt-00000004.pt"]

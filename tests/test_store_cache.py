@@ -56,3 +56,27 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
         cache.get_or_build("teachers", "k2", broken)
     assert not cache.exists("teachers", "k2")
     assert not [p for p in (tmp_path / "teachers").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_publish_never_waits_for_a_builder_and_never_rebuilds(tmp_path):
+    """Snapshots published during training: built when missing, skipped (not awaited) while
+    another process holds the artifact's lock, never built twice."""
+    import fcntl
+
+    cache = ArtifactCache(tmp_path, verbose=False)
+    calls = []
+
+    def build(out):
+        calls.append(out)
+        (out / "lora.bin").write_text("x")
+
+    lock = tmp_path / "snap" / ".k1.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:  # another builder of k1 at work
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cache.publish("snap", "k1", build) is False
+    assert not cache.exists("snap", "k1") and not calls
+    assert cache.publish("snap", "k1", build, config={"steps": 3}) is True
+    assert cache.exists("snap", "k1") and (cache.path("snap", "k1") / "config.json").exists()
+    assert cache.publish("snap", "k1", build) is False
+    assert len(calls) == 1
