@@ -507,25 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cache import ArtifactCache
     from bench.config import PRESETS, apply_overrides
     from bench.grids import GRIDS
-    from bench.store import ResultStore, cell_id
+    from bench.run import run_cell
 
     base = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
     cells = GRIDS.get("deployment")(base)
     if args.n:
         wanted = {int(x) for x in args.n.split(",")}
         cells = [replace(c, n_effects=n) for n in sorted(wanted) for c in cells[:1]]
-    store, cache = ResultStore(args.out), ArtifactCache(args.cache)
-    for cell in cells:
-        cid = cell_id(cell)
-        if store.is_done(cid) and not args.force:
-            print(f"cell {cid} (deployment N={cell.n_effects}) finished already; skipping")
-            continue
-        store.write_config(cid, cell)
-        t0 = time.perf_counter()
-        rows = cell.run(Path(args.out), cache)
-        store.write_rows(cid, rows)
+    cache = ArtifactCache(args.cache)
+    for cell in cells:  # the same bookkeeping as every grid cell: skip if finished, atomic rows
+        rows = run_cell(cell, Path(args.out), cache, force=args.force)
         summary = rows[rows.status == "ok"].groupby(["method", "metric", "router"])["value"].mean()
-        print(f"deployment N={cell.n_effects} ({time.perf_counter() - t0:.1f}s) -> {store.cell_dir(cid)}")
         print(summary.to_string())
     return 0
 

@@ -15,6 +15,10 @@ Grids and what they reproduce:
 * ``paper``       all of the above, each cell once
 * ``methods``     the four paper methods on the run's own effects (a quick comparison)
 
+A cell is a ``RunConfig`` (train or load a method's adapters, evaluate) or a measurement cell,
+:class:`DeploymentCell`, that trains nothing; ``bench.run.run_cell`` runs and stores both the
+same way, locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds either kind).
+
 Training curves: ``methods/dmd.py`` keeps only rotating checkpoints in a scratch dir that the
 cache deletes once the LoRA is complete, so intermediate students are not available after a
 run. A curve point at step k is therefore its own cell, ``ours`` with ``distill.steps=k``: the
@@ -182,6 +186,25 @@ class DeploymentCell:
         from bench.deployment import measure_deployment
 
         return measure_deployment(self, out=Path(out), cache=cache)
+
+
+# A grid cell: a RunConfig (train or load a method's adapters, then evaluate) or a measurement
+# cell that trains nothing and measures through its own ``run(out, cache) -> rows``.
+Cell = RunConfig | DeploymentCell
+
+
+def is_measurement(cell: Cell) -> bool:
+    """Whether ``cell`` is a measurement cell (``cell.run(out, cache)``), not a training run."""
+    return not isinstance(cell, RunConfig)
+
+
+def describe(cell: Cell) -> str:
+    """One line naming a cell, for logs and job labels."""
+    if isinstance(cell, DeploymentCell):
+        return f"deployment N={cell.n_effects} capacity={cell.capacity} seed={cell.seed}"
+    off = ",".join(cell.components_off) or "none"
+    steps = f" steps={cell.distill.steps}" if cell.method == "ours" else ""
+    return f"{cell.method} N={cell.n_effects} off={off}{steps} seed={cell.seed}"
 
 
 @GRIDS.register("deployment")

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="artifact cache holding the synthetic EffectBench (default: $BENCH_CACHE or ~/.cache/...)")
     p.add_argument("--grid-effects", type=int, default=4, metavar="K", help="effects shown as image grids (default 4)")
     p.add_argument("--check", action="store_true",
-                   help="exit 1 unless every table, plot and image grid is filled and no cell failed")
+                   help="exit 1 unless every table, plot and image grid is filled (linked and on disk) "
+                        "and every cell finished")
     return p
 
 
@@ -52,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.failed:
         print(f"  {len(result.failed)} unfinished cell(s) (failed, running or killed): {', '.join(result.failed)}")
     if args.check and (result.missing() or result.failed):
-        print(f"check failed: empty sections {result.missing()}, unfinished cells {result.failed}", file=sys.stderr)
+        lines = [f"  empty: {name}" for name in result.missing()]
+        lines += [f"  unfinished cell: {cid} ({runs / 'cells' / cid})" for cid in result.failed]
+        print(f"CHECK FAILED ({out}):\n" + "\n".join(lines), file=sys.stderr)
         return 1
+    if args.check:
+        print(f"check ok: every table, plot and image grid is filled, every cell finished ({out})")
     return 0
 
 

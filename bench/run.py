@@ -5,6 +5,7 @@ Examples:
   python -m bench.run --method base                         # default synthetic preset
   python -m bench.run --method base --effects 20 --limit 4 teacher.steps=300
   python -m bench.run --grid ablation --preset smoke       # a grid of cells, failures listed
+  python -m bench.run --grid paper --preset smoke --out runs/paper   # every table; runs/paper/report.md
   python -m bench.run --list methods
   python -m bench.run --grid ablation --preset smoke --executor slurm slurm.partition=gpu slurm.gpus_per_node=1
   python -m bench.run --status runs                         # each cell: SLURM job state + stored rows
@@ -20,8 +21,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, to_json
+from bench.grids import GRIDS, Cell, describe, is_measurement
 from bench.registry import UnknownNameError, parse_names
 from bench.store import ResultStore, cell_id
 
@@ -83,19 +87,40 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def run_cell(cfg: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False):
-    """Run one cell (train/load, evaluate, store). Returns its rows; skips a finished cell."""
+def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame:
+    """Run one grid cell and store its rows; a finished cell is skipped (returns its stored rows).
+
+    A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
+    measurement cell such as ``bench.grids.DeploymentCell`` (nothing trained: ``cell.run(out,
+    cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
+    renamed into place last, so only a complete cell ever looks finished.
+    """
+    store = ResultStore(out)
+    cid = cell_id(cell)
+    if store.is_done(cid) and not force:
+        print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
+        return store.read_cell(cid)
+    store.write_config(cid, cell)
+    t0 = time.perf_counter()
+    if is_measurement(cell):
+        rows = cell.run(out, cache)
+        timing = f"measured in {time.perf_counter() - t0:.1f}s"
+    else:
+        rows, timing = _train_and_evaluate(cell, store, cid, cache)
+    store.write_rows(cid, rows)
+    print(f"cell {cid} ({describe(cell)}): {timing}, {len(rows)} rows -> {store.cell_dir(cid)}")
+    return rows
+
+
+def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
+                        cache: ArtifactCache) -> tuple[pd.DataFrame, str]:
+    """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
     from bench.evaluate import evaluate
     from bench.workspace import Workspace
     from methods import METHODS, resolve_components
     from metrics import METRICS
+    from metrics.cache import forward_report
 
-    store = ResultStore(out)
-    cid = cell_id(cfg)
-    if store.is_done(cid) and not force:
-        print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
-        return store.read_cell(cid)
-    store.write_config(cid, cfg)
     method_cls = METHODS.get(cfg.method)
     ws = Workspace(cfg, cache)
     method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
@@ -106,25 +131,20 @@ def run_cell(cfg: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = F
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
     t2 = time.perf_counter()
-    store.write_rows(cid, rows)
-    from metrics.cache import forward_report
-
     print(forward_report())
-    print(f"cell {cid}: {len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s, "
-          f"{len(rows)} rows -> {store.cell_dir(cid)}")
-    return rows
+    return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
 
 
 def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
              executor: str = "local", slurm=None, wait: bool = False) -> int:
-    """Run every cell of a grid locally; a failing cell does not stop the others.
-    ``executor`` debug/slurm submits the grid as submitit jobs instead (slurm/dispatch.py)."""
+    """Run every cell of a grid, then write the markdown report (``<out>/report.md``).
+
+    Locally a failing cell does not stop the others: its traceback goes to its ``error.txt``,
+    the report names it and the failures are listed last. ``executor`` debug/slurm submits the
+    grid as submitit jobs instead (slurm/dispatch.py; its last stage writes the same report).
+    Returns 0 when every cell finished and the report was written, else 1.
+    """
     import traceback
-
-    import pandas as pd
-
-    from bench.grids import GRIDS
-    from reports.tables import means_table
 
     cells = GRIDS.get(name)(base)
     if executor != "local":
@@ -134,22 +154,42 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
         return run_cli(cells, out, str(cache.root), executor=executor, slurm=slurm or SlurmConfig(),
                        name=name, force=force, wait=wait)
     print(f"grid {name}: {len(cells)} cells -> {out}")
-    done, failed = [], []
+    started = time.perf_counter()
+    store = ResultStore(out)
+    failed = []
     for i, cell in enumerate(cells):
         cid = cell_id(cell)
-        print(f"[{i + 1}/{len(cells)}] cell {cid}: {cell.method} off={','.join(cell.components_off) or 'none'}")
+        error = store.cell_dir(cid) / "error.txt"
+        print(f"[{i + 1}/{len(cells)}] cell {cid}: {describe(cell)}", flush=True)
         try:
-            done.append(run_cell(cell, out, cache, force=force))
+            run_cell(cell, out, cache, force=force)
+            error.unlink(missing_ok=True)  # an earlier failure of this cell is stale now
         except Exception as err:  # noqa: BLE001 -- one failing cell must not stop the grid
             failed.append((cid, cell, err))
-            (ResultStore(out).cell_dir(cid)).mkdir(parents=True, exist_ok=True)
-            (ResultStore(out).cell_dir(cid) / "error.txt").write_text(traceback.format_exc())
-    if done:
-        print(means_table(pd.concat(done, ignore_index=True)))
+            error.parent.mkdir(parents=True, exist_ok=True)
+            error.write_text(traceback.format_exc())
+            print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
+          f"{time.perf_counter() - started:.1f}s")
+    report_ok = _write_report(out, cache)
     for cid, cell, err in failed:
-        print(f"FAILED cell {cid} ({cell.method}, off={','.join(cell.components_off) or 'none'}): "
-              f"{type(err).__name__}: {err}", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"FAILED cell {cid} ({describe(cell)}): {type(err).__name__}: {err} "
+              f"(traceback: {store.cell_dir(cid) / 'error.txt'})", file=sys.stderr)
+    return 1 if failed or not report_ok else 0
+
+
+def _write_report(out: Path, cache: ArtifactCache) -> bool:
+    """``python -m bench.report OUT``; a report that fails to build is said loudly, rows stay."""
+    import traceback
+
+    from bench.report import main as report_main
+
+    try:
+        return report_main([str(out), "--cache", str(cache.root)]) == 0
+    except Exception:  # noqa: BLE001 -- the cells' rows are stored; say so and how to retry
+        traceback.print_exc()
+        print(f"report FAILED; the rows are stored, retry with: python -m bench.report {out}", file=sys.stderr)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,8 +255,6 @@ def list_names(what: str) -> int:
             arrow = "↑" if info.higher_is_better else "↓"
             print(f"{name:14s} {arrow} compares {'+'.join(info.compares):28s} {info.description}")
     elif what == "grids":
-        from bench.grids import GRIDS
-
         for name in GRIDS.names():
             print(f"{name:14s} {(GRIDS.get(name).__doc__ or '').strip().splitlines()[0] if GRIDS.get(name).__doc__ else ''}")
     else:

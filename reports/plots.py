@@ -24,6 +24,8 @@ ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PD
 
 
 DEPLOY_COLORS = {"base": "tab:blue", "baseline": "tab:orange", "ours": "tab:green"}  # same in every panel
+LINE_MARKERS = ("o", "s", "^", "D", "v", "P")
+LINE_STYLES = ("-", "--", "-.", ":", "-", "--")
 
 
 def _role_column(rows: pd.DataFrame, role: str):
@@ -60,9 +62,13 @@ def training_curves(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
     if means.empty:
         return None
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for ab in sorted(means.ablation.unique(), key=lambda a: ABLATION_NAMES.get(a, a)):
+    rows_in_order = sorted(means.ablation.unique(), key=lambda a: ABLATION_NAMES.get(a, a))
+    for k, ab in enumerate(rows_in_order):
         m = means[means.ablation == ab].sort_values("step")
-        ax.plot(m.step, m.value, marker="o", label=ABLATION_NAMES.get(ab, f"off: {ab}"))
+        # own marker and dash per row, earlier rows drawn larger: rows that coincide (e.g. a
+        # component that changes nothing at this scale) stay visible instead of hiding each other
+        ax.plot(m.step, m.value, marker=LINE_MARKERS[k % len(LINE_MARKERS)], markersize=9 - k,
+                linestyle=LINE_STYLES[k % len(LINE_STYLES)], label=ABLATION_NAMES.get(ab, f"off: {ab}"))
     ax.set_xlabel("distillation step (critic updates)")
     ax.set_xticks(sorted(means.step.unique()))
     ax.set_ylabel(f"{c.metric} {ARROW[c.higher]}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.grids import DeploymentCell
 from reports import paper_numbers as paper
 from reports import plots, tables
 from reports.grids_images import GridColumn, image_grid, result_images
@@ -117,7 +118,7 @@ def load_cells(runs: Path) -> list[Cell]:
         config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
         rows = pd.read_parquet(d / ROWS) if (d / ROWS).exists() else None
         error = (d / ERROR).read_text() if (d / ERROR).exists() and rows is None else None
-        kind = "deployment" if "capacity" in config and "base" in config else "run"
+        kind = "deployment" if DeploymentCell.is_config(config) else "run"
         cell = Cell(d.name, d, config, rows, error, kind)
         if rows is not None and "step" in rows.columns and rows["step"].nunique() > 1:
             # a cell evaluated at several training steps (rows carry ``step``): tables use its last
@@ -397,15 +398,21 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     # 8. configs and seeds ------------------------------------------------------------------------------------
     add("## Configs and seeds\n")
     add(_configs(cells, rel))
-    out.write_text("\n".join(md) + "\n")
-    pngs = {p.name for p in assets.rglob("*.png")}
+    text = "\n".join(md) + "\n"
+    out.write_text(text)
+    # what the report links, and whether each link is a real file (an older run's PNG left in the
+    # assets folder does not count: only this report's links do)
+    linked = {Path(link).name for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+              if (out.parent / link).is_file()}
     filled = {
         "main table": len(main_rows) > 0,
-        "scaling table + plot": len(scaling_rows) > 0 and "scaling_clip.png" in pngs,
-        "deployment table + plot": len(dep_rows) > 0 and "deployment.png" in pngs,
+        "scaling tables + plots (CLIP, DreamSim roles)": len(scaling_rows) > 0
+        and {"scaling_clip.png", "scaling_dreamsim.png"} <= linked,
+        "deployment table + plot": len(dep_rows) > 0 and "deployment.png" in linked,
         "ablation table": len(ab_rows) > 0,
-        "training curves (CLIP, DreamSim roles)": {"curves_clip.png", "curves_dreamsim.png"} <= pngs,
-        "qualitative grids": any(n.startswith(("main_", "ablation_")) for n in pngs),
+        "training curves (CLIP, DreamSim roles)": {"curves_clip.png", "curves_dreamsim.png"} <= linked,
+        "qualitative grids (methods)": any(n.startswith("main_") for n in linked),
+        "qualitative grids (ablation)": any(n.startswith("ablation_") for n in linked),
     }
     return ReportResult(out, filled, [c.cid for c in failed])
 

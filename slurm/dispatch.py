@@ -20,9 +20,13 @@ build, ``ResultStore.is_done``) is not submitted. Anything not prebuilt here (e.
 ``SHARED_NEEDS`` table does not know) is built by the cell job itself under the cache's file
 lock, so the table only saves time; it never decides correctness.
 
+Measurement cells (``bench.grids.DeploymentCell``: deployment cost) train nothing, so they need
+no shared stage; they run in the cells array like the others.
+
 Jobs receive the path of the cell's resolved ``config.json`` (written before submission), never
-a pickled config. Each submission is recorded in ``<out>/submissions/<time>-<name>.json``
-(job id and log folder per cell and per artifact); ``python -m bench.run --status OUT`` reads it.
+a pickled config; ``load_cell`` rebuilds the RunConfig or DeploymentCell from it. Each
+submission is recorded in ``<out>/submissions/<time>-<name>.json`` (job id and log folder per
+cell and per artifact); ``python -m bench.run --status OUT`` reads it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import submitit
 
 from bench.cache import ArtifactCache
 from bench.config import RunConfig, config_hash
+from bench.grids import Cell, DeploymentCell, describe, is_measurement
 from bench.store import ResultStore, cell_id
 from slurm.executors import SlurmConfig, check_kind, make_executor
 
@@ -102,6 +107,14 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(RunConfig, json.loads(Path(path).read_text()))
 
 
+def load_cell(path: str | Path) -> Cell:
+    """A grid cell from its ``config.json``: a ``DeploymentCell`` (measurement) or a ``RunConfig``."""
+    data = json.loads(Path(path).read_text())
+    if DeploymentCell.is_config(data):
+        return DeploymentCell.from_dict(data, lambda d: config_from_dict(RunConfig, d))
+    return config_from_dict(RunConfig, data)
+
+
 # --------------------------------------------------------------------------------------------
 # job callables (pickled by reference: tiny; they receive paths)
 
@@ -151,14 +164,15 @@ class ArtifactJob(_Requeueable):
 
 
 class CellJob(_Requeueable):
-    """One grid cell: ``bench.run.run_cell`` on the config stored at ``config_path``."""
+    """One grid cell (training run or measurement): ``bench.run.run_cell`` on the cell stored at
+    ``config_path``."""
 
     def __call__(self, config_path: str, out: str, cache: str, force: bool = False) -> dict:
         from bench.run import run_cell
 
         _job_threads()
-        cfg = load_config(config_path)
-        cid = cell_id(cfg)
+        cell = load_cell(config_path)
+        cid = cell_id(cell)
         if Path(config_path).parent.name != cid:
             raise RuntimeError(f"{config_path} hashes to cell {cid}: the config was edited after "
                                "submission or written by another version of the code")
@@ -166,7 +180,7 @@ class CellJob(_Requeueable):
         error = store.cell_dir(cid) / "error.txt"
         error.unlink(missing_ok=True)
         try:
-            rows = run_cell(cfg, Path(out), ArtifactCache(cache), force=force)
+            rows = run_cell(cell, Path(out), ArtifactCache(cache), force=force)
         except BaseException:
             error.write_text(traceback.format_exc())
             raise
@@ -255,14 +269,15 @@ class Plan:
     cached: int = 0                                      # shared items found in the cache
 
 
-def plan(cells: list[RunConfig], out: Path, cache_root: Path, *, force: bool = False) -> Plan:
-    """Write each cell's config.json and find the missing shared artifacts."""
+def plan(cells: list[Cell], out: Path, cache_root: Path, *, force: bool = False) -> Plan:
+    """Write each cell's config.json and find the missing shared artifacts (a measurement cell
+    trains nothing: it needs no shared stage)."""
     from bench.workspace import Workspace
     from methods.distill import lightning_lora
     from methods.teachers import teacher_outputs
 
     store, probe, p = ResultStore(out), ProbeCache(cache_root, verbose=False), Plan()
-    unique: dict[str, RunConfig] = {}
+    unique: dict[str, Cell] = {}
     for cfg in cells:
         unique.setdefault(cell_id(cfg), cfg)
     for cid, cfg in unique.items():
@@ -271,8 +286,9 @@ def plan(cells: list[RunConfig], out: Path, cache_root: Path, *, force: bool = F
             continue
         store.write_config(cid, cfg)
         path = str(store.cell_dir(cid) / "config.json")
-        off = ",".join(cfg.components_off) or "none"
-        p.cells.append(Task("cells", f"{cfg.method} off={off} seed={cfg.seed}", (path,), cell=cid))
+        p.cells.append(Task("cells", describe(cfg), (path,), cell=cid))
+        if is_measurement(cfg):
+            continue
 
         ws = Workspace(cfg, probe)
         needs = SHARED_NEEDS.get(cfg.method, frozenset({"teachers"}))
@@ -332,7 +348,7 @@ class Submission:
         return dict(zip(table["cell"], table["state"]))
 
 
-def submit(cells: list[RunConfig], out: str | Path, cache: str | Path | None = None, *,
+def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, *,
            executor: str = "slurm", slurm: SlurmConfig = SlurmConfig(), name: str = "run",
            force: bool = False, wait: bool = False) -> Submission:
     """Submit ``cells`` (a grid) stage by stage; see the module docstring.
@@ -462,7 +478,7 @@ def load_records(out: str | Path) -> list[dict]:
 # CLI glue (bench.run --executor debug|slurm)
 
 
-def run_cli(cells: list[RunConfig], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
+def run_cli(cells: list[Cell], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
             name: str, force: bool, wait: bool) -> int:
     from slurm.status import print_status
 

@@ -223,7 +223,7 @@ def failed_cells(out: str | Path) -> list[str]:
 def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None, wait: bool = False):  # noqa: ANN001
     """Resubmit only the failed cells, with the executor and resources of their last submission
     (unless given). Returns the new Submission, or None when nothing failed."""
-    from slurm.dispatch import load_config, load_records, submit
+    from slurm.dispatch import load_cell, load_records, submit
     from slurm.executors import slurm_config_from_dict
 
     out = Path(out)
@@ -233,7 +233,7 @@ def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None,
         return None
     records = load_records(out)
     last = records[-1] if records else {}
-    cfgs = [load_config(ResultStore(out).cell_dir(cid) / "config.json") for cid in cids]
+    cfgs = [load_cell(ResultStore(out).cell_dir(cid) / "config.json") for cid in cids]
     slurm = slurm or (slurm_config_from_dict(last["slurm"]) if last.get("slurm") else None)
     kwargs = {"slurm": slurm} if slurm is not None else {}
     print(f"resubmitting {len(cids)} cell(s): {', '.join(cids)}")

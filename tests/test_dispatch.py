@@ -119,6 +119,33 @@ def test_plan_submits_only_missing_stages_and_unfinished_cells(tmp_path: Path) -
     assert p2.done == [done] and len(p2.cells) == 7
 
 
+def _storage_rows(cell) -> pd.DataFrame:  # noqa: ANN001 -- a stand-in for DeploymentCell.run
+    ident = {c: "" for c in COLUMNS} | {"run": cell_id(cell), "ablation": "none", "components": "{}",
+                                        "preset": cell.preset, "n_effects": cell.n_effects, "sample": 0,
+                                        "synthetic": False, "seed": cell.seed, "status": "ok",
+                                        "higher_is_better": False, "metric": "storage_bytes", "router": ""}
+    return pd.DataFrame([ident | {"method": "baseline", "value": 1e3 * cell.n_effects},
+                         ident | {"method": "ours", "value": 1e3}])
+
+
+def test_deployment_cell_needs_no_training_stage_and_is_rebuilt_from_its_config(tmp_path: Path) -> None:
+    from bench.grids import DeploymentCell
+    from slurm.dispatch import load_cell
+
+    base = tiny(n_effects=1, method="lightning")
+    dep = DeploymentCell(base=base, n_effects=3, capacity=2, routers=("exact",))
+    p = plan([dep], tmp_path / "a", tmp_path / "cache")
+    assert [t.cell for t in p.cells] == [cell_id(dep)] and p.cells[0].label.startswith("deployment N=3")
+    assert not any(p.shared.values()), "a measurement cell trains nothing: no base/teacher/lightning job"
+    rebuilt = load_cell(p.cells[0].args[0])
+    assert isinstance(rebuilt, DeploymentCell) and rebuilt == dep and cell_id(rebuilt) == cell_id(dep)
+
+    # beside a training cell only the training cell's stages are planned
+    p = plan([dep, base], tmp_path / "b", tmp_path / "cache")
+    assert {s: len(t) for s, t in p.shared.items()} == {"base": 1, "teachers": 1, "lightning": 1}
+    assert isinstance(load_cell(p.cells[1].args[0]), RunConfig)
+
+
 # ---------------------------------------------------------------------- debug / local executors
 
 
@@ -231,3 +258,29 @@ def test_preempted_training_job_requeues_and_matches_uninterrupted(tmp_path: Pat
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     rows = [ResultStore(tmp_path / f"out-{n}").read_cell(cid) for n in caches]
     np.testing.assert_allclose(rows[0]["value"].to_numpy(), rows[1]["value"].to_numpy(), atol=1e-4, equal_nan=True)
+
+
+def test_debug_executor_runs_a_deployment_cell_and_resubmits_it_after_a_failure(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """The submitted grid path (``--executor debug``): the cell job rebuilds the DeploymentCell from
+    config.json, a failed measurement is named by --status and resubmitted as a DeploymentCell."""
+    from bench.grids import DeploymentCell
+
+    dep = DeploymentCell(base=tiny(), n_effects=3, capacity=2)
+    out = tmp_path / "runs"
+
+    def lost(self, out, cache):  # noqa: ANN001
+        raise RuntimeError("GPU fell off the bus (injected)")
+
+    monkeypatch.setattr(DeploymentCell, "run", lost)
+    sub = submit([dep], out, tmp_path / "cache", executor="debug", name="deployment")
+    assert [j["stage"] for j in sub.record["jobs"]] == ["cells", "report"]
+    assert failed_cells(out) == [cell_id(dep)]
+    assert "fell off the bus" in cell_status(out).set_index("cell").loc[cell_id(dep), "note"]
+
+    monkeypatch.setattr(DeploymentCell, "run", lambda self, out, cache: _storage_rows(self))
+    again = resubmit_failed(out)
+    assert [j["stage"] for j in again.record["jobs"]] == ["cells", "report"]
+    assert set(cell_status(out)["state"]) == {"done"} and print_status(out) == 0
+    report = (out / "report.md").read_text()
+    assert "Storage ↓" in report.split("## 3.")[1] and "None: every cell finished" in report

@@ -120,3 +120,75 @@ def test_deployment_cell_round_trips_through_its_config_json(synth, tmp_path):
     assert DeploymentCell.is_config(data) and not DeploymentCell.is_config(to_dict(synth))
     again = DeploymentCell.from_dict(data, lambda d: config_from_dict(RunConfig, d))
     assert again == cell and cell_id(again) == cell_id(cell)
+
+
+# ---------------------------------------------------------------------- running a grid locally
+
+
+def _measured_rows(cell: DeploymentCell) -> "pd.DataFrame":
+    """What a deployment measurement returns, reduced to storage (a stand-in for the real ``run``)."""
+    import pandas as pd
+
+    ident = {"run": cell_id(cell), "ablation": "none", "components": "{}", "preset": cell.preset,
+             "n_effects": cell.n_effects, "effect": "", "family": "", "category": "", "sample": 0, "role": "",
+             "synthetic": False, "seed": cell.seed, "status": "ok", "note": "", "router": "",
+             "higher_is_better": False}
+    return pd.DataFrame([{**ident, "method": m, "metric": "storage_bytes", "value": v}
+                         for m, v in (("baseline", 1000.0 * (cell.n_effects + 1)), ("ours", 1000.0))])
+
+
+def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_path, monkeypatch, capsys):
+    """A deployment cell is stored like a training cell (config.json, rows, skipped once finished);
+    a failing cell does not stop it, and the report written at the end names the failure."""
+    import json
+
+    from bench.cache import ArtifactCache
+    from bench.run import run_grid
+    from bench.store import ResultStore
+    from slurm.dispatch import load_cell
+
+    measured = []
+
+    def measure(self, out, cache):
+        measured.append(self.n_effects)
+        return _measured_rows(self)
+
+    monkeypatch.setattr(DeploymentCell, "run", measure)
+    deployment = [DeploymentCell(base=smoke, n_effects=n, capacity=2) for n in (2, 4)]
+    broken = replace(smoke, method="no_such_method")  # fails at once, before any training
+    monkeypatch.setitem(GRIDS._entries, "mixed", lambda base: [deployment[0], broken, deployment[1]])
+    out, cache = tmp_path / "runs", ArtifactCache(tmp_path / "cache", verbose=False)
+
+    assert run_grid("mixed", smoke, out, cache) == 1
+    printed = capsys.readouterr()
+    assert measured == [2, 4]
+    store = ResultStore(out)
+    for cell in deployment:
+        assert store.is_done(cell_id(cell))
+        assert load_cell(store.cell_dir(cell_id(cell)) / "config.json") == cell
+        assert set(store.read_cell(cell_id(cell))["metric"]) == {"storage_bytes"}
+    assert "no_such_method" in (store.cell_dir(cell_id(broken)) / "error.txt").read_text()
+    assert f"FAILED cell {cell_id(broken)}" in printed.err
+
+    report = (out / "report.md").read_text()
+    assert f"report -> {out / 'report.md'}" in printed.out
+    section = report.split("## 3.")[1].split("**paper**")[0]
+    assert "Storage ↓" in section and "N=2" in section and "N=4" in section
+    failed = report.split("## Failed cells")[1].split("##")[0]
+    assert cell_id(broken) in failed and "no_such_method" in failed
+    assert json.loads((store.cell_dir(cell_id(broken)) / "config.json").read_text())["method"] == "no_such_method"
+
+    # a rerun measures nothing again
+    monkeypatch.setitem(GRIDS._entries, "mixed", lambda base: deployment)
+    assert run_grid("mixed", smoke, out, cache) == 0
+    assert measured == [2, 4] and "finished already" in capsys.readouterr().out
+
+
+def test_describe_names_each_kind_of_cell(smoke):
+    from bench.grids import describe, is_measurement
+
+    dep = GRIDS.get("deployment")(smoke)[0]
+    assert is_measurement(dep) and not is_measurement(smoke)
+    assert describe(dep) == "deployment N=10 capacity=50 seed=0"
+    ours = replace(smoke, method="ours", components_off=("aop", "ts"))
+    assert describe(ours) == f"ours N={smoke.n_effects} off=aop,ts steps={smoke.distill.steps} seed=0"

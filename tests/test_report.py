@@ -261,3 +261,19 @@ def test_cells_of_another_config_are_listed_not_averaged(tmp_path):
     assert "**18.00**" in ours  # 0.1-quality cell not averaged in
     assert "ran with another config" in text and "`teacher.steps`" in text
     assert "other config" in text.split("## Configs and seeds")[1]
+
+
+def test_check_names_every_empty_section_on_stderr(tmp_path, capsys):
+    """CI's ``--check``: a run with the main table only fails and names each missing section."""
+    from bench.report import main
+
+    smoke = PRESETS.get("smoke")()
+    cfg = replace(smoke, method="base")
+    _write(ResultStore(tmp_path), cfg, _rows(cfg, QUALITY["base"]))
+    assert main([str(tmp_path), "--cache", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "CHECK FAILED" in err
+    for section in ("scaling tables + plots", "deployment table + plot", "ablation table", "training curves",
+                    "qualitative grids (ablation)"):
+        assert f"empty: {section}" in err, section
+    assert "empty: main table" not in err and "empty: qualitative grids (methods)" not in err
