@@ -94,12 +94,19 @@ class Workspace:
         return self.cache.get_or_build("base", self.base_key, build, config=cfg,
                                        label=f"base model {self.base_key} (pretraining on general edits)")
 
-    def load_backbone(self) -> Backbone:
+    def load_backbone(self, *, prompt_cache: bool = True) -> Backbone:
         """A fresh copy of the base backbone (no adapters): real weights are loaded from
-        ``backbone.path`` / the HF cache; the synthetic base is pretrained once and cached."""
+        ``backbone.path`` / the HF cache, with their prompt embeddings cached next to the other
+        artifacts (``<cache>/prompt_embeds``; ``BENCH_PROMPT_CACHE=off`` disables it); the
+        synthetic base is pretrained once and cached. Timing measurements of serving pass
+        ``prompt_cache=False``: a served request pays for its text encoding."""
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):
-            return cls.load(self.cfg.backbone, self.cfg.backbone.path)
+            from methods.backbones.prompt_cache import KIND, resolve_prompt_cache
+
+            prompts = (resolve_prompt_cache(self.cache.root / KIND, verbose=self.cache.verbose)
+                       if prompt_cache else None)
+            return cls.load(self.cfg.backbone, self.cfg.backbone.path, prompt_cache=prompts)
         return cls.load(self.cfg.backbone, self.base_dir / "transformer")
 
     # -- teachers -------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ resolution-dependent one (:meth:`QwenEditBackbone.scheduler_shift` reports the l
 
 Weights come from a local directory or the Hugging Face cache, never from the network: a missing
 component raises :class:`MissingWeightsError` naming it and how to download it.
+
+Prompt embeddings can be cached on disk (``prompt_cache=``; :mod:`methods.backbones.prompt_cache`):
+the Workspace turns it on under the artifact cache, so a distillation or teacher-output build
+encodes each (prompt, source image) pair with the 7B VL encoder once across runs and jobs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwe
 
 from bench.config import QWEN_LORA_TARGETS, BackboneConfig, RunConfig
 from methods.backbones import Backbone, TextCondition
+from methods.backbones.prompt_cache import (
+    PromptCache,
+    files_fingerprint,
+    image_digest,
+    module_fingerprint,
+    resolve_prompt_cache,
+)
 
 PIPELINES = {"edit-plus": QwenImageEditPlusPipeline, "edit": QwenImageEditPipeline}
 DEFAULT_REPOS = {"edit-plus": "Qwen/Qwen-Image-Edit-2509", "edit": "Qwen/Qwen-Image-Edit"}
@@ -147,7 +158,11 @@ class QwenEditBackbone(Backbone):
     pretrained = True  # real weights: the harness must not pretrain a base for this backbone
 
     def __init__(self, cfg: BackboneConfig, pipe: QwenImageEditPipeline | QwenImageEditPlusPipeline,
-                 *, variant: str = "edit-plus", root: Path | None = None) -> None:
+                 *, variant: str = "edit-plus", root: Path | None = None,
+                 prompt_cache: PromptCache | str | os.PathLike | bool | None = None) -> None:
+        """``prompt_cache``: where prompt embeddings are cached on disk -- a directory, ``True``
+        for ``$BENCH_CACHE/prompt_embeds``, or ``None`` (default) for no cache; the environment
+        variable ``BENCH_PROMPT_CACHE=off`` disables it whatever is passed."""
         super().__init__()
         if variant not in PIPELINES:
             raise ValueError(f"unknown Qwen-Image-Edit variant {variant!r}; valid: {', '.join(PIPELINES)}")
@@ -171,12 +186,16 @@ class QwenEditBackbone(Backbone):
         self.condition_image_area: int = getattr(cfg, "condition_image_area", None) or _plus.CONDITION_IMAGE_SIZE
         if getattr(cfg, "gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
+        self.prompt_cache = resolve_prompt_cache(prompt_cache)
+        self._opened_prompt_cache: PromptCache | None = None
 
     @classmethod
     def load(cls, cfg: BackboneConfig, path: str | os.PathLike | None = None, *,
-             cache_dir: str | os.PathLike | None = None) -> "QwenEditBackbone":
+             cache_dir: str | os.PathLike | None = None,
+             prompt_cache: PromptCache | str | os.PathLike | bool | None = None) -> "QwenEditBackbone":
         """Load from ``path`` (a local directory or a repo id in the HF cache); default
-        ``cfg.path``, else the variant's repo id. Never downloads."""
+        ``cfg.path``, else the variant's repo id. Never downloads. ``prompt_cache`` as in
+        :meth:`__init__`."""
         variant = getattr(cfg, "variant", "edit-plus")
         if variant not in PIPELINES:
             raise ValueError(f"backbone.variant {variant!r}; valid: {', '.join(PIPELINES)}")
@@ -193,7 +212,7 @@ class QwenEditBackbone(Backbone):
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler", **kw),
         )
         pipe.set_progress_bar_config(disable=True)
-        return cls(cfg, pipe, variant=variant, root=root)
+        return cls(cfg, pipe, variant=variant, root=root, prompt_cache=prompt_cache)
 
     # -- geometry -------------------------------------------------------------------------------
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -258,13 +277,48 @@ class QwenEditBackbone(Backbone):
         w, h = _plus.calculate_dimensions(self.condition_image_area, pil.width / pil.height)
         return proc.resize(pil, h, w)
 
+    def text_encoder_identity(self) -> dict:
+        """Everything an embedding depends on besides the prompt and the image: the key of the
+        prompt cache's folder. Weights, tokenizer and processor are fingerprinted from their
+        files when loaded from a folder (fast even at 7B), else from memory."""
+        import diffusers
+        import transformers
+
+        pipe = self.pipe
+        if self.root is not None:
+            weights = files_fingerprint([self.root / "text_encoder", self.root / "tokenizer",
+                                         self.root / "processor"])
+        else:
+            weights = module_fingerprint(self.text_encoder, pipe.tokenizer.get_vocab(),
+                                         pipe.processor.image_processor.to_dict())
+        return {
+            "pipeline": type(pipe).__name__,
+            "template": pipe.prompt_template_encode,
+            "drop_idx": pipe.prompt_template_encode_start_idx,
+            "max_length": pipe.tokenizer_max_length,
+            "weights": weights,
+            "dtype": str(self.text_encoder.dtype),
+            "device": self.device.type,
+            "attention": getattr(self.text_encoder.config, "_attn_implementation", None),
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__},
+        }
+
+    def _encode_one(self, prompt: str, image) -> TextCondition:
+        embeds, mask = self.pipe.encode_prompt(prompt=[prompt], image=image, device=self.device)
+        if mask is None:  # the pipeline drops an all-ones mask
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return TextCondition(embeds, mask.long())
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], images: torch.Tensor | None = None) -> TextCondition:
         """Prompts (each with its source image) -> the pipeline's own ``encode_prompt`` output.
 
         One prompt per call, as the stock pipelines encode them: ``edit-plus`` numbers the images
         of *one* prompt ("Picture 1: ..."), so a batch of images cannot share a call. Sequences
-        of different lengths are right-padded and masked.
+        of different lengths are right-padded and masked. With a prompt cache, each (prompt,
+        conditioning image) pair is looked up on disk first and the encoder runs only for the
+        missing ones; a hit is the stored tensor, bit for bit.
         """
         prompts = list(prompts)
         if images is not None and len(images) != len(prompts):
@@ -272,16 +326,35 @@ class QwenEditBackbone(Backbone):
         if images is None and self.variant == "edit":
             raise ValueError("the original Qwen-Image-Edit encodes every prompt with its source image "
                              "(its template holds the image); pass images=")
-        parts = []
+        cache = self.prompt_cache
+        if cache is not None and self._opened_prompt_cache is not cache:
+            cache.open(self.text_encoder_identity())  # once: it reads the weight files' fingerprints
+            self._opened_prompt_cache = cache
+        done: dict[tuple, TextCondition] = {}  # repeated (prompt, image) pairs are encoded once per call
+        parts, hits, misses = [], 0, 0
         for i, prompt in enumerate(prompts):
-            image = None
+            image = cond = None
             if images is not None:
                 cond = self._condition_image(images[i])
                 image = [cond] if self.variant == "edit-plus" else cond
-            embeds, mask = self.pipe.encode_prompt(prompt=[prompt], image=image, device=self.device)
-            if mask is None:  # the pipeline drops an all-ones mask
-                mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-            parts.append(TextCondition(embeds, mask.long()))
+            if cache is None:
+                parts.append(self._encode_one(prompt, image))
+                continue
+            digest = image_digest(cond)  # the exact pixels the VL encoder is shown
+            if (prompt, digest) not in done:
+                key = cache.key(prompt, digest)
+                stored = cache.get(key, prompt)
+                if stored is not None:
+                    part = TextCondition(stored["embeds"].to(self.device), stored["mask"].to(self.device))
+                    hits += 1
+                else:
+                    part = self._encode_one(prompt, image)
+                    cache.put(key, prompt, digest, {"embeds": part.embeds, "mask": part.mask})
+                    misses += 1
+                done[(prompt, digest)] = part
+            parts.append(done[(prompt, digest)])
+        if cache is not None:
+            cache.record(hits, misses)
         return TextCondition.cat(parts)
 
 
