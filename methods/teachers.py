@@ -47,7 +47,19 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
     if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
         return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
     teacher = ws.teacher_dir(effect, backbone)
-    key = config_hash(teacher.name, to_dict(ws.cfg.sampling), [str(r.source_image) for r in rows])
+    # The images depend on the base model, the teacher, the sampler, the image size and the noise
+    # seed. A teacher trained here is named by its content key; a manifest ``lora_path`` only by
+    # its location, so its file's size and mtime stand in for its content.
+    if effect.lora_path is None:
+        who = teacher.name
+    else:
+        from methods.lora import WEIGHT_NAME
+
+        file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
+        stat = file.stat() if file.exists() else None  # missing: load_lora says so when building
+        who = (str(file.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns)
+    key = config_hash(ws.base_key, who, to_dict(ws.cfg.sampling), ws.image_size, ws.cfg.world.seed,
+                      [str(r.source_image) for r in rows])
 
     def build(out: Path) -> None:
         bb = backbone or ws.load_backbone()
