@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def backbone():
         # serving speed does not depend on the weights: the tiny backbone is freshly initialised
-        return BACKBONES.get(kind).create(cfg.backbone, seed=0) if kind == "tiny-qwen" else ws.load_backbone(prompt_cache=False)
+        if kind == "tiny-qwen":
+            return BACKBONES.get(kind).create(cfg.backbone, seed=0)
+        return ws.load_backbone(prompt_cache=False)  # latency includes the text encoder
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serving-") as tmp, quiet_loaders():
