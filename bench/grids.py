@@ -19,13 +19,12 @@ A cell is a ``RunConfig`` (train or load a method's adapters, evaluate) or a mea
 :class:`DeploymentCell`, that trains nothing; ``bench.run.run_cell`` runs and stores both the
 same way, locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds either kind).
 
-Training curves: ``methods/dmd.py`` keeps only rotating checkpoints in a scratch dir that the
-cache deletes once the LoRA is complete, so intermediate students are not available after a
-run. A curve point at step k is therefore its own cell, ``ours`` with ``distill.steps=k``: the
-DMD loop has a constant learning rate, a stream sampler and RNG that do not depend on the total
-step count, and checkpoints that do not touch the trajectory, so the k-step run *is* the first k
-steps of the full run (exact on CPU). It costs sum(k) instead of max(k) training steps; see
-``CURVES_COST_NOTE`` and the report for the cheaper design that needs a change in methods/.
+Training curves: a curve point at step k is its own cell, ``ours`` with ``distill.steps=k``,
+and every curve cell carries ``distill.snapshot_every`` = the spacing of the points. The DMD
+loop's learning rate, stream sampler and RNG do not depend on the total step count, so the
+k-step run *is* the first k steps of the full run (exact on CPU; tests/test_dmd.py); the full
+run publishes its student at every k as the finished k-step artifact (methods/distill.py), and
+the shorter cells find it cached. Cells run longest first, so a curve costs one training run.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ ABLATION_ROWS: tuple[tuple[str, ...], ...] = (
 )
 
 CURVES_COST_NOTE = ("curve points are separate cells (ours with distill.steps=k): exact prefixes of the "
-                    "full run, at sum(k) training steps instead of max(k)")
+                    "full run, published by it as snapshots (distill.snapshot_every), so one training run each")
 
 
 @dataclass(frozen=True)
@@ -145,9 +144,12 @@ def curves(base: RunConfig) -> list[RunConfig]:
     """Training curves: ours and its ablations evaluated every K distillation steps (one cell per point)."""
     n = main_effects(base)
     steps = curve_steps(base.distill.steps, sizes(base).curve_points)
-    # Shorter runs first: a failure shows early and the full runs (shared with `ablation`) come last.
-    return [replace(_cell(base, "ours", n=n, off=off), distill=replace(base.distill, steps=k))
-            for k in steps for off in ABLATION_ROWS]
+    every = math.gcd(*steps)
+    # Longest first: the full run publishes the shorter ones as snapshots (snapshot_every is
+    # not part of the artifact key, so the full runs are also `ablation`'s LoRAs).
+    return [replace(_cell(base, "ours", n=n, off=off),
+                    distill=replace(base.distill, steps=k, snapshot_every=every))
+            for k in sorted(steps, reverse=True) for off in ABLATION_ROWS]
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def deployment(base: RunConfig) -> list[DeploymentCell]:
 @GRIDS.register("paper")
 def paper(base: RunConfig) -> list[Any]:
     """Everything the paper reports: main, scaling, ablation, curves, deployment (each cell once)."""
-    return _unique([*main(base), *ablation(base), *scaling(base), *curves(base), *deployment(base)])
+    # curves first: their full runs publish the curve points (and are ablation's / main's LoRAs)
+    return _unique([*curves(base), *main(base), *ablation(base), *scaling(base), *deployment(base)])
 
 
 @GRIDS.register("methods")

@@ -33,7 +33,8 @@ from reports import plots, tables
 from reports.grids_images import GridColumn, image_grid, result_images
 
 ROWS, CONFIG, ERROR = "rows.parquet", "config.json", "error.txt"
-CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints")
+CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints",
+                   "distill.snapshot_every")
 PAPER_METHODS = ("base", "lightning", "fm_all_in_1", "ours")
 
 

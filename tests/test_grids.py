@@ -67,8 +67,11 @@ def test_curves_are_prefixes_ending_at_the_ablation_cells(synth):
     assert len(cells) == len(steps) * len(ABLATION_ROWS)
     finals = {cell_id(c) for c in cells if c.distill.steps == synth.distill.steps}
     assert finals == {cell_id(c) for c in GRIDS.get("ablation")(synth)}  # shared, trained once
+    assert [c.distill.steps for c in cells][:: len(ABLATION_ROWS)] == steps[::-1]  # longest first
+    assert {c.distill.snapshot_every for c in cells} == {250}  # the full runs publish the points
+    ablation = {cell_id(c) for c in GRIDS.get("ablation")(synth)}
     for c in cells:  # a point differs from its final cell in distill.steps only
-        assert replace(c, distill=replace(c.distill, steps=synth.distill.steps)) in GRIDS.get("ablation")(synth)
+        assert cell_id(replace(c, distill=replace(c.distill, steps=synth.distill.steps))) in ablation
 
 
 def test_paper_is_the_union_each_cell_once(synth):
