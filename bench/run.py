@@ -87,19 +87,29 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame:
+def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame | None:
     """Run one grid cell and store its rows; a finished cell is skipped (returns its stored rows).
 
     A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
     measurement cell such as ``bench.grids.DeploymentCell`` (nothing trained: ``cell.run(out,
     cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
     renamed into place last, so only a complete cell ever looks finished.
+
+    Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
+    trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
+    the other ranks return None.
     """
+    from methods import distributed
+
     store = ResultStore(out)
     cid = cell_id(cell)
     if store.is_done(cid) and not force:
         print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
         return store.read_cell(cid)
+    if not distributed.current().is_main:
+        if not is_measurement(cell):
+            _prepare(cell, cache)
+        return None
     store.write_config(cid, cell)
     t0 = time.perf_counter()
     if is_measurement(cell):
@@ -116,23 +126,33 @@ def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
                         cache: ArtifactCache) -> tuple[pd.DataFrame, str]:
     """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
     from bench.evaluate import evaluate
-    from bench.workspace import Workspace
-    from methods import METHODS, resolve_components
+    from methods.backbones.prompt_cache import prompt_cache_report
     from metrics import METRICS
     from metrics.cache import forward_report
 
-    method_cls = METHODS.get(cfg.method)
-    ws = Workspace(cfg, cache)
-    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
     t0 = time.perf_counter()
-    effects = list(ws.bench.effects)
-    method.prepare(effects)
+    ws, method, effects = _prepare(cfg, cache)
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
     t2 = time.perf_counter()
     print(forward_report())
+    if report := prompt_cache_report():
+        print(report)
     return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
+
+
+def _prepare(cfg: RunConfig, cache: ArtifactCache):  # noqa: ANN202
+    """The cell's method with its adapters trained or loaded: (workspace, method, effects)."""
+    from bench.workspace import Workspace
+    from methods import METHODS, resolve_components
+
+    method_cls = METHODS.get(cfg.method)
+    ws = Workspace(cfg, cache)
+    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
+    effects = list(ws.bench.effects)
+    method.prepare(effects)
+    return ws, method, effects
 
 
 def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
@@ -209,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from methods import distributed
     from reports.tables import means_table
 
     started = time.perf_counter()
+    if distributed.init().world_size > 1 and (args.grid or (args.executor or "local") != "local"):
+        print("error: under torchrun run one cell (--method ...); a grid runs its cells data-parallel with "
+              "--executor slurm slurm.tasks_per_node=N", file=sys.stderr)
+        return 2
     if args.grid:
         return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
                         executor=args.executor or "local", slurm=slurm, wait=args.wait)
@@ -221,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli([cfg], Path(args.out), args.cache, executor=args.executor, slurm=slurm,
                        name=cfg.method, force=args.force, wait=args.wait)
     rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+    if rows is None:  # a rank other than 0 of a data-parallel run: rank 0 reports
+        return 0
     print()
     print(f"{cfg.method} on {cfg.n_effects} effects (preset {cfg.preset}, seed {cfg.seed}):")
     print(means_table(rows))

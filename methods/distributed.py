@@ -61,11 +61,12 @@ def env_from_os() -> DistEnv | None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                        int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SUBMITIT_EXECUTOR" in os.environ:
+    if "SUBMITIT_EXECUTOR" in os.environ:  # a submitit job (SLURM or local executor) with several tasks
         import submitit
 
-        env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return DistEnv(env.rank, env.world_size, env.local_rank)
+        if submitit.JobEnvironment().num_tasks > 1:
+            env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            return DistEnv(env.rank, env.world_size, env.local_rank)
     return None
 
 

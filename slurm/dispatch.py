@@ -128,6 +128,15 @@ def _job_threads() -> None:
         torch.set_num_threads(n)
 
 
+def _job_setup() -> None:
+    """Threads, and the process group when the job runs several tasks (``slurm.tasks_per_node``):
+    every task is a torch.distributed rank that trains data-parallel; rank 0 writes."""
+    from methods import distributed
+
+    _job_threads()
+    distributed.init()
+
+
 class _Requeueable(submitit.helpers.Checkpointable):
     """On timeout/preemption submitit calls ``checkpoint``: the same call is requeued and the
     training it runs resumes from its own checkpoints (``ArtifactCache.work_dir``)."""
@@ -147,7 +156,7 @@ class ArtifactJob(_Requeueable):
         from methods.distill import lightning_lora
         from methods.teachers import teacher_outputs
 
-        _job_threads()
+        _job_setup()
         ws = Workspace(load_config(config_path), ArtifactCache(cache))
         if stage == "base":
             return str(ws.base_dir)
@@ -170,7 +179,7 @@ class CellJob(_Requeueable):
     def __call__(self, config_path: str, out: str, cache: str, force: bool = False) -> dict:
         from bench.run import run_cell
 
-        _job_threads()
+        _job_setup()
         cell = load_cell(config_path)
         cid = cell_id(cell)
         if Path(config_path).parent.name != cid:
@@ -184,7 +193,7 @@ class CellJob(_Requeueable):
         except BaseException:
             error.write_text(traceback.format_exc())
             raise
-        return {"cell": cid, "rows": len(rows)}
+        return {"cell": cid, "rows": None if rows is None else len(rows)}  # None: not rank 0
 
 
 def write_report(out: str, cache: str | None = None) -> str:

@@ -33,6 +33,10 @@ class SlurmConfig:
     partition: str | None = None      # SLURM partition (None: the cluster's default)
     time_min: int = 120               # wall-clock limit of one job (a requeued job gets it again)
     gpus_per_node: int = 0            # GPUs per job; 0 on the synthetic CPU world
+    # Processes per job. >1 runs training data-parallel: every task is a torch.distributed rank
+    # (methods/distributed.py; one per GPU, so normally = gpus_per_node); rank 0 evaluates and
+    # writes the rows. The CPU-only report job always has one.
+    tasks_per_node: int = 1
     cpus_per_task: int = 2            # CPU cores per job (torch threads follow SLURM_CPUS_PER_TASK)
     mem_gb: float | None = None       # memory per job (None: the partition default)
     account: str | None = None        # --account to charge
@@ -63,6 +67,8 @@ def slurm_parameters(cfg: SlurmConfig, *, job_name: str, dependency: str | None 
     }
     if cfg.gpus_per_node and not cpu_only:
         params["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.tasks_per_node > 1 and not cpu_only:
+        params["ntasks_per_node"] = cfg.tasks_per_node
     optional = {"partition": cfg.partition, "account": cfg.account, "qos": cfg.qos,
                 "constraint": cfg.constraint}
     params.update({k: v for k, v in optional.items() if v})
@@ -92,7 +98,8 @@ def make_executor(kind: str, log_dir: str | Path, cfg: SlurmConfig = SlurmConfig
         executor = submitit.LocalExecutor(folder, max_num_timeout=cfg.max_requeues)
         executor.update_parameters(timeout_min=cfg.report_time_min if cpu_only else cfg.time_min,
                                    signal_delay_s=cfg.signal_delay_s,
-                                   gpus_per_node=0 if cpu_only else cfg.gpus_per_node)
+                                   gpus_per_node=0 if cpu_only else cfg.gpus_per_node,
+                                   tasks_per_node=1 if cpu_only else cfg.tasks_per_node)
         return executor
     executor = submitit.SlurmExecutor(folder, max_num_timeout=cfg.max_requeues)
     executor.update_parameters(**slurm_parameters(cfg, job_name=job_name, dependency=dependency,

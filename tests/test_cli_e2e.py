@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from bench.run import main
 
@@ -160,3 +161,35 @@ def test_grid_with_a_real_deployment_cell_runs_and_reports(tmp_path, cache_dir, 
     for block in ("Routing accuracy ↑ (embedding)", "Storage ↓", "Switch: hotswap ↓", "End-to-end per image ↓"):
         assert block in deployment
     assert "(4 files)" in deployment and "(2 files)" in deployment  # 3 LoRAs + Lightning; ⌈3/2⌉ collections
+
+
+@pytest.mark.e2e
+def test_torchrun_two_ranks_train_the_same_ours_as_one_process(tmp_path, cache_dir):
+    """``torchrun --nproc_per_node=2 -m bench.run --method ours``: the DMD student is trained
+    data-parallel (gloo on CPU) and equals the single-process one; rank 0 alone writes the rows."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file
+
+    argv = ["--method", "ours", "--ablate", "pdsr", "--preset", "smoke"]
+    no_students = shutil.ignore_patterns("collectionlora")
+    one_cache, ranks_cache = tmp_path / "cache1", tmp_path / "cache2"  # the same world, base, teachers
+    shutil.copytree(cache_dir, one_cache, ignore=no_students)
+    assert main([*argv, "--out", str(tmp_path / "one"), "--cache", str(one_cache)]) == 0
+    shutil.copytree(one_cache, ranks_cache, ignore=no_students)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bench.run", *argv, "--out", str(tmp_path / "two"), "--cache", str(ranks_cache)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "two").glob("cells/*/rows.parquet"))) == 1
+
+    def student(cache):
+        (lora,) = cache.glob("collectionlora/*/pytorch_lora_weights.safetensors")
+        return load_file(lora)
+
+    one, two = student(one_cache), student(ranks_cache)
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-5)

@@ -55,10 +55,11 @@ def reset_prompt_cache_counts() -> None:
 
 
 def prompt_cache_report() -> str:
-    """One line for run logs: prompts encoded vs served from the cache since the last reset."""
+    """One line for run logs: prompts encoded vs served from the cache since the last reset
+    ("" when no backbone used the cache, e.g. the synthetic world's hashing encoder)."""
     encoded, cached = _TOTALS["encoded"], _TOTALS["cached"]
     if not encoded and not cached:
-        return "prompt embeddings: none encoded, none cached"
+        return ""
     return (f"prompt embeddings: {encoded} encoded by the text encoder, {cached} served from the "
             f"prompt cache")
 
