@@ -36,6 +36,10 @@ ROWS, CONFIG, ERROR = "rows.parquet", "config.json", "error.txt"
 CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints",
                    "distill.snapshot_every")
 PAPER_METHODS = ("base", "lightning", "fm_all_in_1", "ours")
+# bench/deployment.PeakMemory kinds, as a reader needs them
+MEMORY_NOTES = {"process_peak_rss": "peak resident memory of the whole process, sampled during the request (CPU; "
+                                    "dominated by the framework, so not ranked)",
+                "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the request (GPU)"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,12 +332,14 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
             add("_(deployment cells ran with another base config than the tables above; costs depend on the "
                 "backbone shapes and adapter ranks only)_\n")
         top = dep_rows["n_effects"].max()  # notes of the largest N (the others differ only in counts)
-        notes = dep_rows[(dep_rows.status == "ok") & (dep_rows.n_effects == top) & (dep_rows.metric.isin(
-            ["storage_bytes", "e2e_latency_s", "peak_memory_bytes", "switch_fused_s"]))]
-        add(f"Notes (N={top}):")
-        for r in notes.drop_duplicates(["method", "metric", "note"]).itertuples():
-            if r.note:
-                add(f"- {tables.DEPLOY_METHOD.get(r.method, r.method).split(' (')[0]}, `{r.metric}`: {r.note}")
+        order = ["storage_bytes", "switch_fused_s", "e2e_latency_s", "peak_memory_bytes"]  # the table's order
+        notes = dep_rows[(dep_rows.status == "ok") & (dep_rows.n_effects == top) & dep_rows.metric.isin(order)
+                         & (dep_rows.note.astype(str) != "")]
+        notes = notes.sort_values("metric", key=lambda m: m.map(order.index), kind="stable")
+        add(f"How each number was measured (N={top}):")
+        for (metric, note), sub in notes.groupby(["metric", "note"], sort=False):
+            who = ", ".join(dict.fromkeys(tables.DEPLOY_METHOD.get(m, m).split(" (")[0] for m in sub.method))
+            add(f"- `{metric}` ({who}): {MEMORY_NOTES.get(note, note)}")
         add("")
         p = plots.deployment_curves(dep_rows, assets / "deployment.png")
         if p:
@@ -361,7 +367,10 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     if len(curve_rows):
         steps = sorted({int(s) for s in curve_rows["step"].dropna()})
         snapshots = any(c.curve_rows is not None for c in sec["curves"])
+        published = any((c.config.get("distill") or {}).get("snapshot_every") for c in sec["curves"])
         how = ("read from the run's intermediate student snapshots" if snapshots
+               else "each point is the exact k-step prefix of the full run, which published it as a snapshot "
+                    "while training: one training run per row" if published
                else "each point is the exact prefix of the full run, trained as its own cell")
         add(f"`ours` and its ablations evaluated at distillation steps {', '.join(map(str, steps))} ({how}).\n")
         for role in ("CLIP", "DreamSim"):
