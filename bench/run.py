@@ -191,7 +191,10 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
             print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
           f"{time.perf_counter() - started:.1f}s")
-    report_ok = _write_report(out, cache)
+    from methods import distributed
+
+    # under torchrun every rank runs the grid; rank 0 alone wrote the rows and writes the report
+    report_ok = _write_report(out, cache) if distributed.current().is_main else True
     for cid, cell, err in failed:
         print(f"FAILED cell {cid} ({describe(cell)}): {type(err).__name__}: {err} "
               f"(traceback: {store.cell_dir(cid) / 'error.txt'})", file=sys.stderr)
