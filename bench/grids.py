@@ -134,17 +134,20 @@ def ablation(base: RunConfig) -> list[RunConfig]:
 
 
 def curve_steps(total: int, points: int) -> list[int]:
-    """Distillation steps at which a curve is evaluated: ``points`` evenly spaced, ending at ``total``."""
+    """Distillation steps at which a curve is evaluated: multiples of ``total // points`` (the
+    snapshot spacing), ending at ``total``."""
     points = max(1, min(points, total))
-    return sorted({max(1, round(total * i / points)) for i in range(1, points + 1)})
+    every = total // points
+    return sorted({every * i for i in range(1, points)} | {total})
 
 
 @GRIDS.register("curves")
 def curves(base: RunConfig) -> list[RunConfig]:
     """Training curves: ours and its ablations evaluated every K distillation steps (one cell per point)."""
     n = main_effects(base)
-    steps = curve_steps(base.distill.steps, sizes(base).curve_points)
-    every = math.gcd(*steps)
+    points = sizes(base).curve_points
+    steps = curve_steps(base.distill.steps, points)
+    every = base.distill.steps // max(1, min(points, base.distill.steps))
     # Longest first: the full run publishes the shorter ones as snapshots (snapshot_every is
     # not part of the artifact key, so the full runs are also `ablation`'s LoRAs).
     return [replace(_cell(base, "ours", n=n, off=off),

@@ -69,6 +69,9 @@ def test_curves_are_prefixes_ending_at_the_ablation_cells(synth):
     assert finals == {cell_id(c) for c in GRIDS.get("ablation")(synth)}  # shared, trained once
     assert [c.distill.steps for c in cells][:: len(ABLATION_ROWS)] == steps[::-1]  # longest first
     assert {c.distill.snapshot_every for c in cells} == {250}  # the full runs publish the points
+    smoke = GRIDS.get("curves")(PRESETS.get("smoke")())
+    assert sorted({c.distill.steps for c in smoke}) == [13, 26, 40]  # multiples of the spacing ...
+    assert {c.distill.snapshot_every for c in smoke} == {13}         # ... not a snapshot every step
     ablation = {cell_id(c) for c in GRIDS.get("ablation")(synth)}
     for c in cells:  # a point differs from its final cell in distill.steps only
         assert cell_id(replace(c, distill=replace(c.distill, steps=synth.distill.steps))) in ablation
