@@ -3,7 +3,9 @@
 For every effect of the run, on its held-out test sources: the base model without any LoRA
 (given the teacher's prompt, Base settings: 40 steps, CFG 4.0) against the base with the
 effect's teacher LoRA, both scored against the exact ground truth. Also prints the identity
-baseline (returning the source unchanged) so "learned" means more than "copied the input".
+baseline (returning the source unchanged) so "learned" means more than "copied the input", and
+both models again at the few-step setting (8 steps, no CFG): the "plain base at 8 NFE" that a
+distilled LoRA has to beat.
 
     python benchmarks/teachers.py [--preset synth] [--effects N] [key=value ...]
 """
@@ -46,13 +48,18 @@ def main() -> None:
         src = ws.images([t.source_image for t in tests])
         gt = ws.images([t.target_image for t in tests])
         for label, adapters in (("base (no LoRA)", ()), ("teacher LoRA", (e.lora_name,))):
-            out, _ = edit_with(bb, bank, adapters, src, e.prompt, steps=s.base_steps, shift=s.shift,
-                               cfg_scale=s.base_cfg, generator=torch.Generator().manual_seed(0))
-            records.append({"family": e.family, "effect": e.lora_name, "model": label,
-                            "gt_mae": (out - gt).abs().mean().item()})
-        records.append({"family": e.family, "effect": e.lora_name, "model": "identity (source)",
+            for steps, cfg_scale in ((s.base_steps, s.base_cfg), (s.fast_steps, 1.0)):
+                out, nfe = edit_with(bb, bank, adapters, src, e.prompt, steps=steps, shift=s.shift,
+                                     cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+                records.append({"family": e.family, "effect": e.lora_name, "model": label, "nfe": nfe,
+                                "gt_mae": (out - gt).abs().mean().item()})
+        records.append({"family": e.family, "effect": e.lora_name, "model": "identity (source)", "nfe": 0,
                         "gt_mae": (src - gt).abs().mean().item()})
-    df = pd.DataFrame(records)
+    every = pd.DataFrame(records)
+    print("mean gt_mae by model and NFE (lower is better):")
+    print(every.pivot_table(index="model", columns="nfe", values="gt_mae", aggfunc="mean").round(4).to_markdown())
+    print()
+    df = every[every["nfe"].isin([0, s.base_steps * (2 if s.base_cfg > 1 else 1)])]
     table = df.pivot_table(index="family", columns="model", values="gt_mae", aggfunc="mean")
     table["teacher / base"] = table["teacher LoRA"] / table["base (no LoRA)"]
     print(f"gt_mae (lower is better) on held-out test sources, {len(ws.bench.effects)} effects, "
