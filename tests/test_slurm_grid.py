@@ -96,6 +96,16 @@ def test_grid_arrays_failed_and_cancelled_tasks_status_and_resubmit(slurm_cluste
     assert failed_cells(out) == [cell_id(failing)]
     assert ResultStore(out).read_all()["run"].nunique() == 3
 
+    # the same cell run locally gives the rows the cluster wrote (what the report is built from)
+    from bench.run import run_cell
+
+    local = run_cell(ok[0], tmp_path / "local", ArtifactCache(cache_dir, verbose=False))
+    remote = ResultStore(out).read_cell(cell_id(ok[0]))
+    key = ["effect", "sample", "metric"]
+    local, remote = (r.sort_values(key).reset_index(drop=True) for r in (local, remote))
+    assert local[key].equals(remote[key])
+    np.testing.assert_array_equal(local["value"].to_numpy(), remote["value"].to_numpy())  # NaN == NaN
+
 
 def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster: str, tmp_path: Path,
                                                                cache_dir: Path) -> None:
