@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,21 @@ from pathlib import Path
 from typing import Any
 
 DONE = "DONE"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a small cache file so readers see the old file or the whole new one, never a part
+    (concurrent SLURM tasks share these caches)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide entries from other users of a shared cache
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def default_cache_root() -> Path:

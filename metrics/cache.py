@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench.cache import atomic_write
 
 ENV_CACHE = "BENCH_METRIC_CACHE"
 
@@ -132,7 +133,7 @@ class MetricCache:
         self._memory[(namespace, key)] = value
         path = self._path(label, namespace, key, ".json")
         if path is not None:
-            self._atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
+            atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
     # ---------------------------------------------------------------- storage
     def _dir(self, label: str, namespace: str) -> Path | None:
@@ -142,7 +143,7 @@ class MetricCache:
         d = self.root / safe / hashlib.sha256(namespace.encode()).hexdigest()[:16]
         if not (d / "namespace.txt").exists():
             d.mkdir(parents=True, exist_ok=True)
-            self._atomic_write(d / "namespace.txt", namespace.encode())
+            atomic_write(d / "namespace.txt", namespace.encode())
         return d
 
     def _path(self, label: str, namespace: str, key: str, suffix: str) -> Path | None:
@@ -164,19 +165,7 @@ class MetricCache:
         path = self._path(label, namespace, key, ".npy")
         if path is not None:
             buf = _npy_bytes(value.numpy())
-            self._atomic_write(path, buf)
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            atomic_write(path, buf)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

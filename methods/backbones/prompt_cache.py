@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -36,6 +35,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
+
+from bench.cache import atomic_write
 
 ENV_CACHE = "BENCH_PROMPT_CACHE"
 KIND = "prompt_embeds"   # folder under the artifact cache root
@@ -168,7 +169,7 @@ class PromptCache:
                              "backbone its own PromptCache (or a path)")
         self.dir = folder
         if not (self.dir / "identity.json").exists():
-            _atomic_write(self.dir / "identity.json",
+            atomic_write(self.dir / "identity.json",
                           json.dumps(identity, indent=1, sort_keys=True, default=str).encode())
 
     @staticmethod
@@ -195,7 +196,7 @@ class PromptCache:
 
     def put(self, key: str, prompt: str, image: str | None, tensors: dict[str, torch.Tensor]) -> None:
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        _atomic_write(self._path(key), save(cpu, metadata={"prompt": prompt, "image": image or ""}))
+        atomic_write(self._path(key), save(cpu, metadata={"prompt": prompt, "image": image or ""}))
 
     def record(self, hits: int, misses: int) -> None:
         """Count one ``encode_prompts`` call. Printed on the first call and then at most every
@@ -209,16 +210,3 @@ class PromptCache:
             self._said_at = now
             print(f"[cache] prompt embeddings: {self.misses} encoded, {self.hits} cached so far "
                   f"({self.dir})", flush=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide entries from other users of a shared cache
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
