@@ -34,7 +34,7 @@ from methods.adapters import AdapterBank
 from methods.distill import distilled_lora, edit_with
 from methods.dmd import Objectives
 from methods.lora import load_lora
-from methods.ours import CollectionLoRA, Components
+from methods.ours import Components
 from metrics import METRICS, EvalBatch
 
 

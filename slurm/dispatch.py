@@ -492,7 +492,7 @@ def run_cli(cells: list[Cell], out: Path, cache: str | None, *, executor: str, s
     from slurm.status import print_status
 
     started = time.perf_counter()
-    sub = submit(cells, out, cache, executor=executor, slurm=slurm, name=name, force=force, wait=wait)
+    submit(cells, out, cache, executor=executor, slurm=slurm, name=name, force=force, wait=wait)
     if executor == "slurm" and not wait:
         return 0
     print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")

@@ -54,7 +54,7 @@ def test_corrupt_image_in_manifest_names_file_and_line(tmp_path, cache_dir):
     import shutil
 
     from bench.cache import ArtifactCache
-    from bench.config import PRESETS, config_hash
+    from bench.config import PRESETS
     from bench.workspace import Workspace
 
     cfg = PRESETS.get("smoke")()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from bench.config import PRESETS
@@ -131,10 +132,8 @@ def test_deployment_cell_round_trips_through_its_config_json(synth, tmp_path):
 # ---------------------------------------------------------------------- running a grid locally
 
 
-def _measured_rows(cell: DeploymentCell) -> "pd.DataFrame":
+def _measured_rows(cell: DeploymentCell) -> pd.DataFrame:
     """What a deployment measurement returns, reduced to storage (a stand-in for the real ``run``)."""
-    import pandas as pd
-
     ident = {"run": cell_id(cell), "ablation": "none", "components": "{}", "preset": cell.preset,
              "n_effects": cell.n_effects, "effect": "", "family": "", "category": "", "sample": 0, "role": "",
              "synthetic": False, "seed": cell.seed, "status": "ok", "note": "", "router": "",
