@@ -268,7 +268,9 @@ backup_foreign() {  # back up an existing file not written by this script
 write_conf() {
     local host cpus nproc_ mem_mb real_mem def_mem overrides="" acct
     host=$(hostname -s)
-    nproc_=$(nproc)
+    # GNU nproc honours OMP_NUM_THREADS / OMP_THREAD_LIMIT (CI sets one thread per process);
+    # the node advertises the machine's processors
+    nproc_=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     cpus=${SLURM_DEV_CPUS:-$nproc_}
     [[ $cpus =~ ^[1-9][0-9]*$ ]] || die "SLURM_DEV_CPUS must be a positive integer, got '$cpus'"
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)

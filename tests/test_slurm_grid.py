@@ -145,5 +145,33 @@ def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster: st
     np.testing.assert_array_equal(rows[0]["value"].to_numpy(), rows[1]["value"].to_numpy())  # NaN == NaN
 
 
+def test_two_task_job_trains_the_student_data_parallel(slurm_cluster: str, tmp_path: Path, cache_dir: Path) -> None:
+    """``slurm.tasks_per_node=2``: the cell job runs as two SLURM tasks that join one gloo process
+    group and train the DMD student together; it equals the one-task job's student, and only
+    rank 0 writes rows."""
+    cfg = tiny("distill.steps=6", "distill.checkpoint_every=3", "distill.batch_size=4", method="ours")
+    from bench.workspace import Workspace
+    from methods.teachers import teacher_outputs
+
+    ws = Workspace(cfg, ArtifactCache(cache_dir, verbose=False))
+    teacher_outputs(ws, ws.bench.effects[0])           # shared inputs, built once
+    caches = []
+    for name in ("one-task", "two-tasks"):
+        caches.append(tmp_path / name)
+        shutil.copytree(cache_dir, caches[-1], ignore=shutil.ignore_patterns("collectionlora"))
+    subs = [submit([cfg], tmp_path / f"out-{c.name}", c, executor="slurm", name=c.name,
+                   slurm=replace(RESOURCES, tasks_per_node=tasks)) for c, tasks in zip(caches, (1, 2))]
+    for s in subs:
+        assert set(s.wait(poll_s=2).values()) == {"done"}
+    log_dir = Path(subs[1].record["cells"][cell_id(cfg)]["log_folder"])
+    assert len(list(log_dir.glob("*_1_log.out"))) == 1, "the job ran a second task"
+    a, b = (load_file(next(c.glob("collectionlora/*/pytorch_lora_weights.safetensors"))) for c in caches)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"\n[slurm] 2-task vs 1-task student LoRA: max |diff| = {diff:.3g}")
+    assert a.keys() == b.keys() and diff < 1e-5
+    assert len(ResultStore(tmp_path / "out-two-tasks").read_all()) == len(
+        ResultStore(tmp_path / "out-one-task").read_all())
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
