@@ -23,7 +23,8 @@ MERGED = "merged"
 @dataclass(frozen=True)
 class MergeSpec:
     combination_type: str          # peft add_weighted_adapter combination type
-    weight: float = 1.0            # per-teacher weight (task arithmetic)
+    weight: float = 1.0            # per-teacher weight (task arithmetic) ...
+    average: bool = False          # ... divided by the number of teachers (a mean, not a sum)
     density: float | None = None   # TIES / DARE keep fraction
 
 
@@ -38,7 +39,8 @@ def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSp
     cfg = transformer.peft_config
     cfg["_merge_anchor"] = LoraConfig(r=1, lora_alpha=1, target_modules=list(cfg[names[0]].target_modules))
     tuner = LoraModel(transformer, cfg, "_merge_anchor")
-    tuner.add_weighted_adapter(names, [spec.weight] * len(names), MERGED,
+    weight = spec.weight / len(names) if spec.average else spec.weight
+    tuner.add_weighted_adapter(names, [weight] * len(names), MERGED,
                                combination_type=spec.combination_type, density=spec.density)
     transformer.delete_adapters(["_merge_anchor"])
 
@@ -63,9 +65,15 @@ class MergeBaseline(StackedWithLightning):
                                      config={"spec": self.spec.__dict__, "effects": list(teachers)})
 
 
+# Summing N full-strength teachers (weight 1 each) overshoots every effect N-fold: on the default
+# preset linear and DARE sums destroyed the images (src_ssim ~0.01). Linear and DARE average;
+# TIES keeps weight 1 because its disjoint merge already takes the mean of the agreeing signs.
+# Linear task arithmetic uses peft's "cat" type: it stacks the teachers' ranks, so the merged
+# delta is exactly sum_i w_i B_i A_i. peft's "linear" type sums the A and the B matrices
+# separately, which adds cross terms B_i A_j (N identical teachers come out N times too strong).
 class MergeLinear(MergeBaseline):
     name = "merge_linear"
-    spec = MergeSpec("linear")
+    spec = MergeSpec("cat", average=True)
 
 
 class MergeTies(MergeBaseline):
@@ -75,4 +83,4 @@ class MergeTies(MergeBaseline):
 
 class MergeDare(MergeBaseline):
     name = "merge_dare"
-    spec = MergeSpec("dare_linear", density=0.5)
+    spec = MergeSpec("dare_linear", average=True, density=0.5)
