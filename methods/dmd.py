@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
@@ -246,8 +247,6 @@ class DMDTrainer:
         """Logged losses as full-batch means (one all-reduce of a few scalars per step)."""
         if self.env.world_size == 1:
             return log
-        import torch.distributed as dist
-
         keys = [k for k in ("dmd", "tafm", "ts", "critic") if k in log]
         values = torch.tensor([log[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
@@ -256,8 +255,6 @@ class DMDTrainer:
     def _check(self, loss: torch.Tensor, what: str) -> None:
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         if self.env.world_size > 1:  # every rank stops together, or none does (no hung collective)
-            import torch.distributed as dist
-
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
             last = self._checkpoints()

@@ -107,21 +107,27 @@ def test_grid_arrays_failed_and_cancelled_tasks_status_and_resubmit(slurm_cluste
     np.testing.assert_array_equal(local["value"].to_numpy(), remote["value"].to_numpy())  # NaN == NaN
 
 
+def _student_free_caches(cfg: RunConfig, cache_dir: Path, tmp_path: Path, *names: str) -> list[Path]:
+    """Copies of the cache holding the cell's shared inputs (world, base, teacher and its
+    outputs, built once) but no distilled student, one per name."""
+    from bench.workspace import Workspace
+    from methods.teachers import teacher_outputs
+
+    ws = Workspace(cfg, ArtifactCache(cache_dir, verbose=False))
+    teacher_outputs(ws, ws.bench.effects[0])
+    caches = [tmp_path / name for name in names]
+    for c in caches:
+        shutil.copytree(cache_dir, c, ignore=shutil.ignore_patterns("collectionlora"))
+    return caches
+
+
 def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster: str, tmp_path: Path,
                                                                cache_dir: Path) -> None:
     """Two identical cells in two copies of the cache, as one array: one runs through, the other
     is preempted (SIGTERM, then the USR2 submitit asked for) after its first DMD checkpoint;
     submitit requeues it, DMD resumes from the checkpoint, and the students are identical."""
     cfg = tiny("distill.steps=15", "distill.checkpoint_every=3", method="ours")
-    from bench.workspace import Workspace
-    from methods.teachers import teacher_outputs
-
-    ws = Workspace(cfg, ArtifactCache(cache_dir, verbose=False))
-    teacher_outputs(ws, ws.bench.effects[0])           # shared inputs, built once
-    caches = []
-    for name in ("plain", "preempted"):
-        caches.append(tmp_path / name)
-        shutil.copytree(cache_dir, caches[-1], ignore=shutil.ignore_patterns("collectionlora"))
+    caches = _student_free_caches(cfg, cache_dir, tmp_path, "plain", "preempted")
     subs = [submit([cfg], tmp_path / f"out-{c.name}", c, executor="slurm", slurm=RESOURCES, name=c.name)
             for c in caches]
     victim = subs[1].record["cells"][cell_id(cfg)]["job_id"]
@@ -150,15 +156,7 @@ def test_two_task_job_trains_the_student_data_parallel(slurm_cluster: str, tmp_p
     group and train the DMD student together; it equals the one-task job's student, and only
     rank 0 writes rows."""
     cfg = tiny("distill.steps=6", "distill.checkpoint_every=3", "distill.batch_size=4", method="ours")
-    from bench.workspace import Workspace
-    from methods.teachers import teacher_outputs
-
-    ws = Workspace(cfg, ArtifactCache(cache_dir, verbose=False))
-    teacher_outputs(ws, ws.bench.effects[0])           # shared inputs, built once
-    caches = []
-    for name in ("one-task", "two-tasks"):
-        caches.append(tmp_path / name)
-        shutil.copytree(cache_dir, caches[-1], ignore=shutil.ignore_patterns("collectionlora"))
+    caches = _student_free_caches(cfg, cache_dir, tmp_path, "one-task", "two-tasks")
     subs = [submit([cfg], tmp_path / f"out-{c.name}", c, executor="slurm", name=c.name,
                    slurm=replace(RESOURCES, tasks_per_node=tasks)) for c, tasks in zip(caches, (1, 2))]
     for s in subs:
