@@ -93,14 +93,19 @@ class DistillConfig:
     critic_lr: float | None = None   # None: same as lr
     rank: int = 16                   # student and critic LoRA rank / alpha
     alpha: int = 16
-    real_cfg: float = 4.0            # CFG of the real score (teacher or base)
+    real_cfg: float = 4.0            # CFG of the real score (teacher or base): uncond + s * (cond - uncond)
+    # Rescale the guided velocity to the conditional one's per-token norm (the Qwen-Image
+    # pipelines' true CFG, also used at inference). The reference DMD code has it off
+    # (qwen_image_cfg_norm: false) and writes its scale as cond + s * (cond - uncond), i.e. s + 1.
+    real_cfg_norm: bool = True
     dmd_sigma_range: tuple[float, float] = (0.02, 0.98)  # DMD noise level, before the shift
+    dmd_shift: float | None = None   # timestep shift of the DMD / TS / TA-FM noise levels (None: sampling.shift)
     p_switch: float = 0.5            # PDSR: probability a batch group goes to the effect stream
     stream_redraw_every: int = 20    # PDSR: steps between stream (and effect) draws
     tafm_weight: float = 1.0         # TA-FM flow-matching anchor loss weight
     ts_weight: float = 1.0           # TS target-simulation DMD loss weight
     ts_last_steps: int = 5           # TS noises the teacher output to one of the last K schedule steps
-    ts_sigma_range: tuple[float, float] = (0.5, 1.0)  # TS DMD timesteps t in [500, 1000)
+    ts_sigma_range: tuple[float, float] = (0.5, 1.0)  # TS DMD timesteps t in [500, 1000), before the shift
     grad_clip: float = 1.0
     checkpoint_every: int = 100      # full training state every K steps (rotated)
     keep_checkpoints: int = 2

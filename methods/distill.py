@@ -17,7 +17,7 @@ from bench.config import DistillConfig, config_hash, result_dict, to_dict
 from bench.effectbench import EffectSpec
 from methods import distributed
 from methods.adapters import AdapterBank
-from methods.dmd import DMDTrainer, Objectives, TrainerCallback
+from methods.dmd import ENGINE_VERSION, DMDTrainer, Objectives, TrainerCallback
 from methods.streams import EffectData, GeneralData, StreamSampler
 from methods.teachers import teacher_outputs
 
@@ -35,7 +35,8 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
     def key_of(c: DistillConfig) -> str:
         return config_hash(ws.base_key, result_dict(c), p_switch, to_dict(objectives),
                            [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
-                           seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key)
+                           seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key,
+                           ENGINE_VERSION)
 
     def record(c: DistillConfig) -> dict:
         return {"base": ws.base_key, "distill": to_dict(c), "p_switch": p_switch,

@@ -16,7 +16,10 @@ base for the general stream). DESIGN 4.1 / CollectionLoRA Sec. 3:
   where x_real / x_fake are the clean estimates of the real / fake score at a noised copy of x.
 * Effect stream only: TA-FM, a flow-matching loss towards the teacher's precomputed output at
   noise levels >= the DMD one (stable cold start); TS, the teacher output noised to one of the
-  last schedule steps, pushed through the generator and given a DMD loss with t in [500, 1000).
+  last schedule steps, pushed through the generator and given a DMD loss with t in [500, 1000)
+  (shifted, as the reference code does).
+* Cost (P1): the generator step's two extra student predictions share one transformer call,
+  and its DMD terms share one real-score call (both CFG branches) and one fake-score call.
 
 The whole state (both LoRAs, both optimizers, the RNG, step, stream state, loss history) is
 checkpointed every K steps with rotation; a rerun resumes and, on CPU, reproduces the
@@ -50,6 +53,10 @@ from methods.lora import lora_config, save_lora
 from methods.streams import DistillBatch, StreamSampler
 
 STUDENT, CRITIC = "student", "critic"
+# Part of every distilled artifact's cache key: bump it when a change to this loop alters what
+# training produces for the same config, so caches never serve a student of the old loop.
+# 2: batched score calls, TS timesteps shifted, TA-FM above the DMD noise level (reference).
+ENGINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class DMDTrainer:
                  callbacks: tuple[TrainerCallback, ...] = (), env: DistEnv | None = None) -> None:
         self.bb, self.bank, self.streams, self.cfg = backbone, bank, streams, cfg
         self.obj, self.shift, self.desc = objectives, shift, desc
+        self.dmd_shift = shift if cfg.dmd_shift is None else cfg.dmd_shift
         self.work_dir = Path(work_dir)
         self.callbacks = (*callbacks, *_OBSERVERS.get())
         self.env = env or DistEnv()
@@ -141,39 +149,49 @@ class DMDTrainer:
 
     # -- scores ---------------------------------------------------------------------------------
     def _v(self, adapter: tuple[str, ...], x: torch.Tensor, sigma: torch.Tensor, b: DistillBatch,
-           cond: TextCondition) -> torch.Tensor:
+           cond: TextCondition, sources: torch.Tensor | None = None) -> torch.Tensor:
         self.bank.activate(*adapter)
-        return self.bb.velocity(x, sigma, b.sources, cond, b.grid)
+        return self.bb.velocity(x, sigma, b.sources if sources is None else sources, cond, b.grid)
 
     @torch.no_grad()
-    def _real_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, b: DistillBatch) -> torch.Tensor:
+    def _score_x0(self, x_t: list[torch.Tensor], sigma: list[torch.Tensor],
+                  b: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean estimates of the real and the fake score at the noised samples ``x_t`` (one or
+        more groups of the batch's rows). Batched: every group and, for the real score, both CFG
+        branches go through ONE transformer call per adapter (padding + mask make a batched text
+        condition exact, methods/backbones TextCondition.cat) -- the main saving of P1."""
+        n = len(x_t)
+        x, s = torch.cat(x_t), torch.cat(sigma)
+        src = b.sources.repeat(n, 1, 1)
         teacher = (b.teacher,) if b.teacher else ()
-        v = self._v(teacher, x_t, sigma, b, b.teacher_cond)
         if self.cfg.real_cfg > 1:
-            v = true_cfg(v, self._v(teacher, x_t, sigma, b, b.uncond), self.cfg.real_cfg)
-        return predict_x0(x_t, v, sigma)
-
-    @torch.no_grad()
-    def _fake_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, b: DistillBatch) -> torch.Tensor:
-        return predict_x0(x_t, self._v((CRITIC,), x_t, sigma, b, b.student_cond), sigma)
+            conds = TextCondition.cat([b.teacher_cond] * n + [b.uncond] * n)
+            v_cond, v_uncond = self._v(teacher, x.repeat(2, 1, 1), s.repeat(2), b, conds,
+                                       src.repeat(2, 1, 1)).chunk(2)
+            v_real = true_cfg(v_cond, v_uncond, self.cfg.real_cfg) if self.cfg.real_cfg_norm else \
+                v_uncond + self.cfg.real_cfg * (v_cond - v_uncond)
+        else:
+            v_real = self._v(teacher, x, s, b, TextCondition.cat([b.teacher_cond] * n), src)
+        v_fake = self._v((CRITIC,), x, s, b, TextCondition.cat([b.student_cond] * n), src)
+        return predict_x0(x, v_real, s), predict_x0(x, v_fake, s)
 
     # -- random draws: always the full batch from the one stream, then this rank's shard ---------
-    def _rand(self, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(self._full, generator=self.gen))[self._mine]
+    def _rand(self, low: float | torch.Tensor = 0.0, high: float = 1.0) -> torch.Tensor:
+        u = torch.rand(self._full, generator=self.gen)[self._mine]
+        if isinstance(low, torch.Tensor):
+            u = u.to(low.device)
+        return low + (high - low) * u
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn((self._full, *like.shape[1:]), generator=self.gen)[self._mine].to(like.device)
 
-    def _dmd_term(self, x: torch.Tensor, b: DistillBatch, sigma_range: tuple[float, float],
-                  shifted: bool) -> torch.Tensor:
-        sigma = self._rand(*sigma_range)
-        sigma = (shift_sigmas(sigma, self.shift) if shifted else sigma).to(x.device)
-        noise = self._randn(x)
-        x_t = add_noise(x.detach(), noise, sigma)
-        return dmd_loss(x, self._real_x0(x_t, sigma, b), self._fake_x0(x_t, sigma, b))
+    def _dmd_sigma(self, sigma_range: tuple[float, float]) -> torch.Tensor:
+        """A DMD noise level per sample: uniform in ``sigma_range``, then the timestep shift
+        (the reference shifts the TS range [500, 1000) the same way)."""
+        return shift_sigmas(self._rand(*sigma_range), self.dmd_shift)
 
     # -- generator sample -------------------------------------------------------------------------
-    def _generator_sample(self, b: DistillBatch, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generator_sample(self, b: DistillBatch, with_grad: bool) -> torch.Tensor:
         """Backward simulation: run the student from noise to a random schedule step k, then one
         more student prediction there (with grad when the generator is updated)."""
         n = b.sources.shape[0]
@@ -185,8 +203,7 @@ class DMDTrainer:
                 x = x + (self.schedule[i + 1] - self.schedule[i]) * v
         sigma_k = self.schedule[k].expand(n)
         with torch.set_grad_enabled(with_grad):
-            x0 = predict_x0(x, self._v((STUDENT,), x, sigma_k, b, b.student_cond), sigma_k)
-        return x0, sigma_k
+            return predict_x0(x, self._v((STUDENT,), x, sigma_k, b, b.student_cond), sigma_k)
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -196,35 +213,10 @@ class DMDTrainer:
             self._mine = shard(self._full, self.env)
             b = b.slice(self._mine)
         update_gen = self.step % self.cfg.gen_update_ratio == 0
-        x0, sigma_k = self._generator_sample(b, with_grad=update_gen)
+        x0 = self._generator_sample(b, with_grad=update_gen)
         log = {"step": self.step, "stream": b.stream, "effect": b.teacher or ""}
         if update_gen:
-            loss = self._dmd_term(x0, b, self.cfg.dmd_sigma_range, shifted=True)
-            log["dmd"] = loss.item()
-            if b.anchor is not None and self.obj.tafm:
-                # TA-FM: anchor the trajectory on the teacher output at sigma >= the simulated step's
-                sigma = (sigma_k + (1 - sigma_k) * self._rand()).to(x0.device)
-                noise = self._randn(b.anchor)
-                v = self._v((STUDENT,), add_noise(b.anchor, noise, sigma), sigma, b, b.student_cond)
-                tafm = F.mse_loss(v.float(), noise - b.anchor)
-                loss = loss + self.cfg.tafm_weight * tafm
-                log["tafm"] = tafm.item()
-            if b.anchor is not None and self.obj.ts:
-                # TS: start the generator from the teacher output noised to a late schedule step
-                j = len(self.schedule) - 1 - 1 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
-                sigma_j = self.schedule[j].expand(x0.shape[0])
-                noise = self._randn(b.anchor)
-                x_j = add_noise(b.anchor, noise, sigma_j)
-                x0_ts = predict_x0(x_j, self._v((STUDENT,), x_j, sigma_j, b, b.student_cond), sigma_j)
-                ts = self._dmd_term(x0_ts, b, self.cfg.ts_sigma_range, shifted=False)
-                loss = loss + self.cfg.ts_weight * ts
-                log["ts"] = ts.item()
-            self._check(loss, "generator")
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(self.params_g)  # no-op on one process
-            log["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params_g, self.cfg.grad_clip))
-            self.opt_g.step()
+            log.update(self._generator_update(x0, b))
 
         # Critic: flow matching on the (shared, detached) generator sample
         fake = x0.detach()
@@ -242,6 +234,63 @@ class DMDTrainer:
         self.bank.activate()
         self.step += 1
         return self._mean_over_ranks(log)
+
+    def _generator_update(self, x0: torch.Tensor, b: DistillBatch) -> dict:
+        """DMD on the simulated sample; in the effect stream also TA-FM and TS. The student's two
+        extra predictions (TA-FM, TS) share one call, and all DMD terms share one real-score and
+        one fake-score call (``_score_x0``)."""
+        log: dict = {}
+        dev = x0.device
+        sigma_dmd = self._dmd_sigma(self.cfg.dmd_sigma_range).to(dev)
+        noise_dmd = self._randn(x0)
+        anchor = b.anchor if (b.anchor is not None and (self.obj.tafm or self.obj.ts)) else None
+        v_tafm = x0_ts = None
+        if anchor is not None:
+            inputs, sigmas, targets = [], [], []
+            if self.obj.tafm:
+                # TA-FM: flow matching towards the teacher output at a noise level drawn above the
+                # DMD one, then shifted (the reference's generator denoising loss)
+                sigma_a = shift_sigmas(self._rand(sigma_dmd, 1.0), self.dmd_shift).to(dev)
+                noise = self._randn(anchor)
+                inputs.append(add_noise(anchor, noise, sigma_a))
+                sigmas.append(sigma_a)
+                targets.append(noise - anchor)
+            if self.obj.ts:
+                # TS: the teacher output noised to one of the last schedule steps, through the student
+                j = len(self.schedule) - 2 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
+                sigma_j = self.schedule[j].expand(anchor.shape[0])
+                inputs.append(add_noise(anchor, self._randn(anchor), sigma_j))
+                sigmas.append(sigma_j)
+            n = len(inputs)
+            v = self._v((STUDENT,), torch.cat(inputs), torch.cat(sigmas), b,
+                        TextCondition.cat([b.student_cond] * n), b.sources.repeat(n, 1, 1)).chunk(n)
+            if self.obj.tafm:
+                v_tafm = v[0]
+            if self.obj.ts:
+                x0_ts = predict_x0(inputs[-1], v[-1], sigmas[-1])
+        groups = [(x0, sigma_dmd, noise_dmd)]
+        if x0_ts is not None:
+            groups.append((x0_ts, self._dmd_sigma(self.cfg.ts_sigma_range).to(dev), self._randn(x0_ts)))
+        x_real, x_fake = self._score_x0([add_noise(x.detach(), e, s) for x, s, e in groups],
+                                        [s for _, s, _ in groups], b)
+        m = x0.shape[0]
+        loss = dmd_loss(x0, x_real[:m], x_fake[:m])
+        log["dmd"] = loss.item()
+        if v_tafm is not None:
+            tafm = F.mse_loss(v_tafm.float(), targets[0])
+            loss = loss + self.cfg.tafm_weight * tafm
+            log["tafm"] = tafm.item()
+        if x0_ts is not None:
+            ts = dmd_loss(x0_ts, x_real[m:], x_fake[m:])
+            loss = loss + self.cfg.ts_weight * ts
+            log["ts"] = ts.item()
+        self._check(loss, "generator")
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.params_g)  # no-op on one process
+        log["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params_g, self.cfg.grad_clip))
+        self.opt_g.step()
+        return log
 
     def _mean_over_ranks(self, log: dict) -> dict:
         """Logged losses as full-batch means (one all-reduce of a few scalars per step)."""

@@ -118,6 +118,39 @@ def _student(trainer):
     return get_peft_model_state_dict(trainer.bb.transformer, adapter_name="student")
 
 
+def test_batched_scores_equal_one_call_per_branch(tmp_path):
+    """The real score's CFG branches and several sample groups go through one transformer call;
+    it must give what separate calls give, also when the empty prompt's condition is shorter
+    than the teacher's (real encoders: padded and masked when batched)."""
+    from methods.backbones import TextCondition
+    from methods.dmd import CRITIC
+    from methods.flow import predict_x0, true_cfg
+
+    trainer = _trainer(tmp_path, 1)
+    trainer._full = 2
+    b = trainer.streams.next(trainer.gen)
+    assert b.teacher == "t_a" or b.teacher is None
+    b = type(b)(**{**b.__dict__, "teacher": "t_a"})
+    short = int(b.uncond.mask.sum(1).max())  # the empty prompt as a real encoder returns it: unpadded
+    b = type(b)(**{**b.__dict__, "uncond": TextCondition(b.uncond.embeds[:, :short], b.uncond.mask[:, :short])})
+    assert b.uncond.embeds.shape[1] < b.teacher_cond.embeds.shape[1]
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(b.sources.shape, generator=g) for _ in range(2)]
+    sig = [torch.tensor([0.9, 0.3]), torch.tensor([0.6, 0.75])]
+    real, fake = trainer._score_x0(xs, sig, b)
+    bb = trainer.bb
+    for i, (x, s) in enumerate(zip(xs, sig)):
+        with torch.no_grad():
+            trainer.bank.activate("t_a")
+            v = true_cfg(bb.velocity(x, s, b.sources, b.teacher_cond, b.grid),
+                         bb.velocity(x, s, b.sources, b.uncond, b.grid), trainer.cfg.real_cfg)
+            trainer.bank.activate(CRITIC)
+            vf = bb.velocity(x, s, b.sources, b.student_cond, b.grid)
+        rows = slice(2 * i, 2 * i + 2)
+        torch.testing.assert_close(real[rows], predict_x0(x, v, s), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fake[rows], predict_x0(x, vf, s), atol=1e-5, rtol=1e-4)
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     full = _trainer(tmp_path, 6, work="full")
     full.train()
