@@ -64,12 +64,13 @@ def test_ablation_rows_match_the_paper(synth):
 def test_curves_are_prefixes_ending_at_the_ablation_cells(synth):
     cells = GRIDS.get("curves")(synth)
     steps = curve_steps(synth.distill.steps, 6)
-    assert steps == [250, 500, 750, 1000, 1250, 1500]
+    spacing = synth.distill.steps // 6  # synth: 3000 steps -> 500, 1000, ..., 3000
+    assert steps == [spacing * i for i in range(1, 7)]
     assert len(cells) == len(steps) * len(ABLATION_ROWS)
     finals = {cell_id(c) for c in cells if c.distill.steps == synth.distill.steps}
     assert finals == {cell_id(c) for c in GRIDS.get("ablation")(synth)}  # shared, trained once
     assert [c.distill.steps for c in cells][:: len(ABLATION_ROWS)] == steps[::-1]  # longest first
-    assert {c.distill.snapshot_every for c in cells} == {250}  # the full runs publish the points
+    assert {c.distill.snapshot_every for c in cells} == {spacing}  # the full runs publish the points
     smoke = GRIDS.get("curves")(PRESETS.get("smoke")())
     assert sorted({c.distill.steps for c in smoke}) == [13, 26, 40]  # multiples of the spacing ...
     assert {c.distill.snapshot_every for c in smoke} == {13}         # ... not a snapshot every step
