@@ -7,7 +7,11 @@ baseline (returning the source unchanged) so "learned" means more than "copied t
 both models again at the few-step setting (8 steps, no CFG): the "plain base at 8 NFE" that a
 distilled LoRA has to beat.
 
-    python benchmarks/teachers.py [--preset synth] [--effects N] [key=value ...]
+With ``--compare RUN_DIR`` it also prints, per effect, every 8-NFE method's gt_mae from that
+results directory (``bench.run --out``) beside the plain base at 8 NFE, and how many effects
+each method wins.
+
+    python benchmarks/teachers.py [--preset synth] [--effects N] [--compare runs] [key=value ...]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main() -> None:
     ap.add_argument("--preset", default="synth")
     ap.add_argument("--effects", type=int, default=None)
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--compare", default=None, help="results directory whose 8-NFE methods to compare")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
@@ -70,6 +75,29 @@ def main() -> None:
     print(f"\nteacher beats the base on {wins:.0%} of effects; mean gt_mae base "
           f"{per_effect['base (no LoRA)'].mean():.4f} -> teacher {per_effect['teacher LoRA'].mean():.4f}"
           f" (identity {per_effect['identity (source)'].mean():.4f}); {time.perf_counter() - t0:.1f}s")
+    if args.compare:
+        compare(every, args.compare, s.fast_steps)
+
+
+def compare(every: pd.DataFrame, run_dir: str, fast_steps: int) -> None:
+    """Per effect: each few-step method's gt_mae (mean of its result rows) vs the plain base at 8 NFE."""
+    from bench.store import ResultStore
+
+    rows = ResultStore(run_dir).read_all()
+    nfe = rows[rows["metric"] == "nfe"].groupby("method")["value"].max()
+    fast_methods = set(nfe[nfe == fast_steps].index)
+    rows = rows[(rows["metric"] == "gt_mae") & (rows["status"] == "ok") & rows["method"].isin(fast_methods)]
+    fast = every[(every["model"] == "base (no LoRA)") & (every["nfe"] == fast_steps)].set_index("effect")["gt_mae"]
+    table = pd.DataFrame({f"base (no LoRA), {fast_steps} NFE": fast})
+    for method, part in rows.groupby("method"):
+        table[method] = part.groupby("effect")["value"].mean()
+    table = table.dropna(axis=1, how="all").loc[fast.index]
+    print(f"\ngt_mae per effect from {run_dir} beside the plain base at {fast_steps} NFE:")
+    print(table.round(4).to_markdown())
+    base = table.iloc[:, 0]
+    for m in table.columns[1:]:
+        print(f"{m}: mean {table[m].mean():.4f}, beats the plain base at {fast_steps} NFE on "
+              f"{int((table[m] < base).sum())}/{len(base)} effects")
 
 
 if __name__ == "__main__":
