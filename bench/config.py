@@ -103,6 +103,7 @@ class DistillConfig:
     p_switch: float = 0.5            # PDSR: probability a batch group goes to the effect stream
     stream_redraw_every: int = 20    # PDSR: steps between stream (and effect) draws
     tafm_weight: float = 1.0         # TA-FM flow-matching anchor loss weight
+    tafm_above_dmd: bool = True      # TA-FM noise level drawn above the DMD one (reference); False: any level
     ts_weight: float = 1.0           # TS target-simulation DMD loss weight
     ts_last_steps: int = 5           # TS noises the teacher output to one of the last K schedule steps
     ts_sigma_range: tuple[float, float] = (0.5, 1.0)  # TS DMD timesteps t in [500, 1000), before the shift

@@ -250,7 +250,8 @@ class DMDTrainer:
             if self.obj.tafm:
                 # TA-FM: flow matching towards the teacher output at a noise level drawn above the
                 # DMD one, then shifted (the reference's generator denoising loss)
-                sigma_a = shift_sigmas(self._rand(sigma_dmd, 1.0), self.dmd_shift).to(dev)
+                floor = sigma_dmd if self.cfg.tafm_above_dmd else 1e-3
+                sigma_a = shift_sigmas(self._rand(floor, 1.0), self.dmd_shift).to(dev)
                 noise = self._randn(anchor)
                 inputs.append(add_noise(anchor, noise, sigma_a))
                 sigmas.append(sigma_a)
