@@ -56,8 +56,10 @@ def main() -> None:
             for steps, cfg_scale in ((s.base_steps, s.base_cfg), (s.fast_steps, 1.0)):
                 out, nfe = edit_with(bb, bank, adapters, src, e.prompt, steps=steps, shift=s.shift,
                                      cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+                mse = ((out - gt) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # as metrics gt_psnr
                 records.append({"family": e.family, "effect": e.lora_name, "model": label, "nfe": nfe,
-                                "gt_mae": (out - gt).abs().mean().item()})
+                                "gt_mae": (out - gt).abs().mean().item(),
+                                "gt_psnr": (10 * torch.log10(1.0 / mse)).mean().item()})
         records.append({"family": e.family, "effect": e.lora_name, "model": "identity (source)", "nfe": 0,
                         "gt_mae": (src - gt).abs().mean().item()})
     every = pd.DataFrame(records)
@@ -86,7 +88,9 @@ def compare(every: pd.DataFrame, run_dir: str, fast_steps: int) -> None:
     rows = ResultStore(run_dir).read_all()
     nfe = rows[rows["metric"] == "nfe"].groupby("method")["value"].max()
     fast_methods = set(nfe[nfe == fast_steps].index)
+    psnr = rows[(rows["metric"] == "gt_psnr") & (rows["status"] == "ok") & rows["method"].isin(fast_methods)]
     rows = rows[(rows["metric"] == "gt_mae") & (rows["status"] == "ok") & rows["method"].isin(fast_methods)]
+    plain = every[(every["model"] == "base (no LoRA)") & (every["nfe"] == fast_steps)]["gt_psnr"].mean()
     fast = every[(every["model"] == "base (no LoRA)") & (every["nfe"] == fast_steps)].set_index("effect")["gt_mae"]
     table = pd.DataFrame({f"base (no LoRA), {fast_steps} NFE": fast})
     for method, part in rows.groupby("method"):
@@ -96,8 +100,9 @@ def compare(every: pd.DataFrame, run_dir: str, fast_steps: int) -> None:
     print(table.round(4).to_markdown())
     base = table.iloc[:, 0]
     for m in table.columns[1:]:
-        print(f"{m}: mean {table[m].mean():.4f}, beats the plain base at {fast_steps} NFE on "
-              f"{int((table[m] < base).sum())}/{len(base)} effects")
+        print(f"{m}: mean gt_mae {table[m].mean():.4f} (plain base {base.mean():.4f}), better on "
+              f"{int((table[m] < base).sum())}/{len(base)} effects; gt_psnr "
+              f"{psnr[psnr['method'] == m]['value'].mean():.2f} dB (plain base {plain:.2f})")
 
 
 if __name__ == "__main__":
