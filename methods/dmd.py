@@ -149,38 +149,40 @@ class DMDTrainer:
 
     # -- scores ---------------------------------------------------------------------------------
     def _v(self, adapter: tuple[str, ...], x: torch.Tensor, sigma: torch.Tensor, b: DistillBatch,
-           cond: TextCondition, sources: torch.Tensor | None = None) -> torch.Tensor:
+           cond: TextCondition) -> torch.Tensor:
         self.bank.activate(*adapter)
-        return self.bb.velocity(x, sigma, b.sources if sources is None else sources, cond, b.grid)
+        return self.bb.velocity(x, sigma, b.sources, cond, b.grid)
+
+    def _v_groups(self, adapter: tuple[str, ...], xs: list[torch.Tensor], sigmas: list[torch.Tensor],
+                  conds: list[TextCondition], b: DistillBatch) -> torch.Tensor:
+        """ONE transformer call for several groups of the batch's rows (each with its own inputs,
+        noise levels and text condition; the batch's sources): the groups' velocities, stacked
+        in order. Padding + mask make the stacked text condition exact (TextCondition.cat)."""
+        self.bank.activate(*adapter)
+        return self.bb.velocity(torch.cat(xs), torch.cat(sigmas), b.sources.repeat(len(xs), 1, 1),
+                                TextCondition.cat(conds), b.grid)
 
     @torch.no_grad()
     def _score_x0(self, x_t: list[torch.Tensor], sigma: list[torch.Tensor],
                   b: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean estimates of the real and the fake score at the noised samples ``x_t`` (one or
-        more groups of the batch's rows). Batched: every group and, for the real score, both CFG
-        branches go through ONE transformer call per adapter (padding + mask make a batched text
-        condition exact, methods/backbones TextCondition.cat) -- the main saving of P1."""
+        more groups of the batch's rows), stacked in order. Every group and, for the real score,
+        both CFG branches go through one transformer call per adapter -- the main saving of P1."""
         n = len(x_t)
-        x, s = torch.cat(x_t), torch.cat(sigma)
-        src = b.sources.repeat(n, 1, 1)
         teacher = (b.teacher,) if b.teacher else ()
         if self.cfg.real_cfg > 1:
-            conds = TextCondition.cat([b.teacher_cond] * n + [b.uncond] * n)
-            v_cond, v_uncond = self._v(teacher, x.repeat(2, 1, 1), s.repeat(2), b, conds,
-                                       src.repeat(2, 1, 1)).chunk(2)
-            v_real = true_cfg(v_cond, v_uncond, self.cfg.real_cfg) if self.cfg.real_cfg_norm else \
-                v_uncond + self.cfg.real_cfg * (v_cond - v_uncond)
+            v_cond, v_uncond = self._v_groups(teacher, x_t * 2, sigma * 2, [b.teacher_cond] * n + [b.uncond] * n,
+                                              b).chunk(2)
+            v_real = true_cfg(v_cond, v_uncond, self.cfg.real_cfg, rescale=self.cfg.real_cfg_norm)
         else:
-            v_real = self._v(teacher, x, s, b, TextCondition.cat([b.teacher_cond] * n), src)
-        v_fake = self._v((CRITIC,), x, s, b, TextCondition.cat([b.student_cond] * n), src)
+            v_real = self._v_groups(teacher, x_t, sigma, [b.teacher_cond] * n, b)
+        v_fake = self._v_groups((CRITIC,), x_t, sigma, [b.student_cond] * n, b)
+        x, s = torch.cat(x_t), torch.cat(sigma)
         return predict_x0(x, v_real, s), predict_x0(x, v_fake, s)
 
     # -- random draws: always the full batch from the one stream, then this rank's shard ---------
-    def _rand(self, low: float | torch.Tensor = 0.0, high: float = 1.0) -> torch.Tensor:
-        u = torch.rand(self._full, generator=self.gen)[self._mine]
-        if isinstance(low, torch.Tensor):
-            u = u.to(low.device)
-        return low + (high - low) * u
+    def _rand(self, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(self._full, generator=self.gen))[self._mine]
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn((self._full, *like.shape[1:]), generator=self.gen)[self._mine].to(like.device)
@@ -243,48 +245,43 @@ class DMDTrainer:
         dev = x0.device
         sigma_dmd = self._dmd_sigma(self.cfg.dmd_sigma_range).to(dev)
         noise_dmd = self._randn(x0)
-        anchor = b.anchor if (b.anchor is not None and (self.obj.tafm or self.obj.ts)) else None
-        v_tafm = x0_ts = None
-        if anchor is not None:
-            inputs, sigmas, targets = [], [], []
-            if self.obj.tafm:
-                # TA-FM: flow matching towards the teacher output at a noise level drawn above the
-                # DMD one, then shifted (the reference's generator denoising loss)
-                floor = sigma_dmd if self.cfg.tafm_above_dmd else 1e-3
-                sigma_a = shift_sigmas(self._rand(floor, 1.0), self.dmd_shift).to(dev)
-                noise = self._randn(anchor)
-                inputs.append(add_noise(anchor, noise, sigma_a))
-                sigmas.append(sigma_a)
-                targets.append(noise - anchor)
-            if self.obj.ts:
-                # TS: the teacher output noised to one of the last schedule steps, through the student
-                j = len(self.schedule) - 2 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
-                sigma_j = self.schedule[j].expand(anchor.shape[0])
-                inputs.append(add_noise(anchor, self._randn(anchor), sigma_j))
-                sigmas.append(sigma_j)
-            n = len(inputs)
-            v = self._v((STUDENT,), torch.cat(inputs), torch.cat(sigmas), b,
-                        TextCondition.cat([b.student_cond] * n), b.sources.repeat(n, 1, 1)).chunk(n)
-            if self.obj.tafm:
-                v_tafm = v[0]
-            if self.obj.ts:
-                x0_ts = predict_x0(inputs[-1], v[-1], sigmas[-1])
+        anchor = b.anchor  # effect stream only
+        tafm = anchor is not None and self.obj.tafm
+        ts = anchor is not None and self.obj.ts
+        inputs, sigmas = [], []
+        if tafm:
+            # TA-FM: flow matching towards the teacher output at a noise level drawn above the
+            # DMD one (reference; tafm_above_dmd=False: any level), then shifted
+            floor = sigma_dmd if self.cfg.tafm_above_dmd else torch.full_like(sigma_dmd, 1e-3)
+            sigma_a = shift_sigmas(floor + (1 - floor) * self._rand().to(dev), self.dmd_shift)
+            noise = self._randn(anchor)
+            tafm_target = noise - anchor
+            inputs.append(add_noise(anchor, noise, sigma_a))
+            sigmas.append(sigma_a)
+        if ts:
+            # TS: the teacher output noised to one of the last schedule steps, through the student
+            j = len(self.schedule) - 2 - int(torch.randint(self.cfg.ts_last_steps, (1,), generator=self.gen))
+            sigmas.append(self.schedule[j].expand(anchor.shape[0]))
+            inputs.append(add_noise(anchor, self._randn(anchor), sigmas[-1]))
+        if inputs:  # the student's TA-FM and TS predictions: one call
+            v = self._v_groups((STUDENT,), inputs, sigmas, [b.student_cond] * len(inputs), b).chunk(len(inputs))
+        x0_ts = predict_x0(inputs[-1], v[-1], sigmas[-1]) if ts else None
         groups = [(x0, sigma_dmd, noise_dmd)]
-        if x0_ts is not None:
+        if ts:
             groups.append((x0_ts, self._dmd_sigma(self.cfg.ts_sigma_range).to(dev), self._randn(x0_ts)))
         x_real, x_fake = self._score_x0([add_noise(x.detach(), e, s) for x, s, e in groups],
                                         [s for _, s, _ in groups], b)
         m = x0.shape[0]
         loss = dmd_loss(x0, x_real[:m], x_fake[:m])
         log["dmd"] = loss.item()
-        if v_tafm is not None:
-            tafm = F.mse_loss(v_tafm.float(), targets[0])
-            loss = loss + self.cfg.tafm_weight * tafm
-            log["tafm"] = tafm.item()
-        if x0_ts is not None:
-            ts = dmd_loss(x0_ts, x_real[m:], x_fake[m:])
-            loss = loss + self.cfg.ts_weight * ts
-            log["ts"] = ts.item()
+        if tafm:
+            tafm_loss = F.mse_loss(v[0].float(), tafm_target)
+            loss = loss + self.cfg.tafm_weight * tafm_loss
+            log["tafm"] = tafm_loss.item()
+        if ts:
+            ts_loss = dmd_loss(x0_ts, x_real[m:], x_fake[m:])
+            loss = loss + self.cfg.ts_weight * ts_loss
+            log["ts"] = ts_loss.item()
         self._check(loss, "generator")
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()

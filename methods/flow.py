@@ -39,10 +39,13 @@ def predict_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch
     return x_t - s * v
 
 
-def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, *, rescale: bool = True) -> torch.Tensor:
     """True CFG with the norm rescaling of the Qwen-Image pipelines: the guided velocity keeps
-    the per-token norm of the conditional prediction."""
+    the per-token norm of the conditional prediction (``rescale=False``: plain CFG, as the
+    reference DMD code's real score)."""
     guided = uncond + scale * (cond - uncond)
+    if not rescale:
+        return guided
     return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
 
