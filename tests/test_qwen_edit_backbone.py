@@ -113,7 +113,8 @@ def test_prompts_are_encoded_with_their_images(backbone):
     for i, prompt in enumerate(["make it red", "turn the cat into a painting"]):
         embeds, _ = backbone.pipe.encode_prompt(prompt=[prompt], image=[backbone._condition_image(images[i])])
         n = int(cond.mask[i].sum())
-        assert n == embeds.shape[1] and torch.equal(cond.embeds[i, :n], embeds[0])
+        # batch of 2 vs batch of 1: other matmul blocking, so float rounding may differ (not a bug)
+        assert n == embeds.shape[1] and torch.allclose(cond.embeds[i, :n], embeds[0], atol=1e-5)
         assert not cond.embeds[i, n:].any()
     # the VL encoder really sees the image: another image, other embeddings; none: text-only
     other = backbone.encode_prompts(["make it red"], images[1:])
@@ -177,7 +178,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(model_dir):
 
 def test_student_lora_loads_in_stock_pipeline_with_identical_images(model_dir, backbone, tmp_path, monkeypatch):
     """What the harness writes (methods.lora.save_lora) loads in stock diffusers
-    ``QwenImageEditPlusPipeline.load_lora_weights`` and gives the same image, bit for bit."""
+    ``QwenImageEditPlusPipeline.load_lora_weights`` and gives the same image up to float32 rounding."""
     from diffusers import QwenImageEditPlusPipeline
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
 
@@ -202,7 +203,9 @@ def test_student_lora_loads_in_stock_pipeline_with_identical_images(model_dir, b
     kw = dict(image=pils[0], prompt=prompt, negative_prompt=negative, true_cfg_scale=4.0, height=TINY_IMAGE,
               width=TINY_IMAGE, num_inference_steps=2, output_type="pt")
     stock = pipe(latents=noise.clone(), **kw).images
-    assert torch.equal(stock, ours)
+    # Two code paths (the pipeline's CFG / scheduler arithmetic vs ours): equal up to float32
+    # rounding, which depends on the CPU's kernels (6.9e-7 seen on an AVX-512 machine).
+    assert torch.allclose(stock, ours, atol=1e-5, rtol=0)
     pipe.unload_lora_weights()  # and the adapter matters: without it the image differs
     assert (pipe(latents=noise.clone(), **kw).images - ours).abs().max() > 1e-2
 
