@@ -36,6 +36,9 @@ class WorldConfig:
     n_train_per_effect: int = 48     # (source, effect(source)) pairs each teacher is trained on
     n_test_per_category: int = 8     # held-out test sources per category
     n_general: int = 4096            # general-edit triples (pretraining + general stream)
+    # Bumped when the synthetic world's generator changes what it writes, so cached worlds, bases
+    # and cells of an older world are never reused. 2: stochastic effects, mode-aware test rows.
+    version: int = 2
 
 
 @dataclass(frozen=True)
@@ -125,11 +128,14 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    limit: int | None = None         # test samples per effect (None: all)
+    limit: int | None = None         # test sources per effect (None: all)
+    draws: int = 4                   # samples (noise seeds) per test source: coverage and diversity need >= 2
     batch_size: int = 32
-    # The synthetic stand-ins of all six paper columns, then the real metrics (reported as
-    # "missing, and why" where their weights / judge are not available).
-    metrics: tuple[str, ...] = ("gt_psnr", "gt_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn",
+    # The synthetic stand-ins of all six paper columns (mode-aware: metrics/modes.py), the
+    # distribution metrics, then the real metrics (reported as "missing, and why" where their
+    # weights / judge are not available).
+    metrics: tuple[str, ...] = ("gt_mode_psnr", "gt_mode_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn",
+                                "mode_blur", "mode_coverage", "diversity_ratio", "texture_energy",
                                 "clip", "dreamsim", "dino", "vsa", "editreward", "bcr")
 
 

@@ -17,7 +17,11 @@ rows are relative to that directory unless absolute):
 ``test.jsonl`` (required, non-empty)
     ``source_image``, ``data_type``, optional ``lora_name`` (sample belongs to
     that effect only; absent = used for every effect of that data_type),
-    optional ``target_image`` (only together with ``lora_name``).
+    optional ``target_image`` (only together with ``lora_name``). Stochastic effects may add
+    the exact ground truth of their output *distribution* (written by the synthetic world;
+    read by the mode-aware metrics): ``variant_images`` (list; the effect under each of its K
+    modes), ``mode_mean_image`` (E[effect(source)]), ``expected_energy`` (E mean((y - mean)^2)
+    of one draw y) and ``expected_pairwise_mae`` (E MAE(y, y') of two independent draws).
 ``templates.jsonl`` (required)
     ``lora_name``, ``template_source``, ``template_result``, optional
     ``criteria``.  Every effect needs >= 1 template and >= 1 test sample.
@@ -176,10 +180,12 @@ class _RowMixin:
             if f.name in ("origin", "extra"):
                 continue
             v = getattr(self, f.name)
-            if v is None:
+            if v is None or v == ():
                 continue
             if isinstance(v, Path):
                 v = _path_to_json(v, r)
+            elif isinstance(v, tuple) and all(isinstance(x, Path) for x in v):
+                v = [_path_to_json(x, r) for x in v]
             elif isinstance(v, dict):
                 v = dict(v)
             out[f.name] = v
@@ -230,6 +236,10 @@ class TestRow(_RowMixin):
     data_type: str
     lora_name: str | None = None
     target_image: Path | None = None
+    variant_images: tuple[Path, ...] = ()    # the effect's K modes on this source (modes effects)
+    mode_mean_image: Path | None = None      # E[effect(source)] over the effect's parameter draws
+    expected_energy: float | None = None     # E mean((y - mode mean)^2), y one exact draw
+    expected_pairwise_mae: float | None = None  # E MAE(y, y'), two independent exact draws
     origin: str = ""
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -702,6 +712,29 @@ class _Loader:
             return None
         return v
 
+    def _number(self, obj, key, err) -> float | None:
+        v = obj.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            err(f"field {key!r} must be a finite number >= 0, got {v!r}")
+            return None
+        return float(v)
+
+    def _images(self, obj, key, path: Path, line: int, err) -> tuple[Path, ...]:
+        v = obj.get(key)
+        if v is None:
+            return ()
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            err(f"field {key!r} must be a list of image paths, got {_json_type(v)}")
+            return ()
+        out = []
+        for x in v:
+            ap, p = self._resolve(x)
+            self.refs.append((ap, path, line, key, "image"))
+            out.append(p)
+        return tuple(out)
+
     def _image(self, obj, key, path: Path, line: int, err, *, required: bool, kind: str = "image"):
         v = self._field(obj, key, err, required=required, kind="str")
         if v is None:
@@ -827,7 +860,8 @@ class _Loader:
         if not rows:
             self.problems.add(path, None, "no test samples (file is empty); at least one is required")
             return []
-        known = {"source_image", "data_type", "lora_name", "target_image"}
+        known = {"source_image", "data_type", "lora_name", "target_image", "variant_images", "mode_mean_image",
+                 "expected_energy", "expected_pairwise_mae"}
         out = []
         for line, obj in rows:
             n0 = len(self.problems._items)
@@ -850,10 +884,17 @@ class _Loader:
             if tgt is not None and obj.get("lora_name") is None:
                 err("target_image is only allowed together with lora_name (a generic test sample has "
                     "no single ground truth)")
+            variants = self._images(obj, "variant_images", path, line, err)
+            mean = self._image(obj, "mode_mean_image", path, line, err, required=False)
+            energy = self._number(obj, "expected_energy", err)
+            pairwise = self._number(obj, "expected_pairwise_mae", err)
+            if (variants or mean is not None) and obj.get("lora_name") is None:
+                err("variant_images / mode_mean_image are only allowed together with lora_name")
             if len(self.problems._items) != n0:
                 continue
             out.append(TestRow(source_image=src, data_type=dtype, lora_name=name, target_image=tgt,
-                               origin=f"{TEST_FILE}:{line}",
+                               variant_images=variants, mode_mean_image=mean, expected_energy=energy,
+                               expected_pairwise_mae=pairwise, origin=f"{TEST_FILE}:{line}",
                                extra={k: v for k, v in obj.items() if k not in known}))
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import zlib
 from pathlib import Path
 
@@ -30,33 +31,40 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
         "n_effects": cfg.n_effects, "seed": cfg.seed,
     }
     records: list[dict] = []
+    draws = cfg.eval.draws
     for effect in tqdm(ws.bench.effects, desc=f"eval {method.name}", leave=False, disable=None):
         tests = ws.bench.test_rows(effect.lora_name)
         if cfg.eval.limit is not None:
             tests = tests[: cfg.eval.limit]
         if not tests:
             raise ValueError(f"effect {effect.lora_name!r} has no test rows")
-        sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
-        targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
-                   if all(t.target_image is not None for t in tests) else None)
+        truth = _ground_truth(ws, tests)
         template = ws.bench.templates_for(effect.lora_name)[0]
         reference = ws.images([template.template_result], [template.origin])
         reference_source = ws.images([template.template_source], [template.origin])
-        # Per-effect seed: a method's samples do not depend on which other effects ran before.
+        # Each test source is edited ``draws`` times with independent noise (source-major order),
+        # so the distribution metrics see several samples of one conditional. Per-effect seed: a
+        # method's samples do not depend on which other effects ran before.
+        sources = truth.pop("sources").repeat_interleave(draws, 0)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
-        results, nfes = [], []
-        for start in range(0, len(tests), cfg.eval.batch_size):
+        results, nfes, sampler = [], [], None
+        for start in range(0, len(sources), cfg.eval.batch_size):
             out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
             results.append(out.images.cpu())
             nfes.append(out.nfe)
+            sampler = getattr(out, "sampler", None)
         result = torch.cat(results)
-        n = len(tests)
+        n = len(sources)
+        expand = {k: (None if v is None else v.repeat_interleave(draws, 0)) for k, v in truth.items()}
         # Judges see what the user asked for (the effect's instruction), not the student's trigger prompt.
-        batch = EvalBatch(result, sources, [effect.prompt] * n, targets, reference.expand(n, -1, -1, -1),
+        batch = EvalBatch(result, sources, [effect.prompt] * n, expand["targets"], reference.expand(n, -1, -1, -1),
                           reference_source.expand(n, -1, -1, -1),
-                          [template.criteria or effect.criteria or ""] * n)
+                          [template.criteria or effect.criteria or ""] * n,
+                          variants=expand["variants"], mode_means=expand["mode_means"],
+                          expected_energy=expand["expected_energy"], expected_pairwise=expand["expected_pairwise"],
+                          groups=torch.arange(len(tests)).repeat_interleave(draws))
         base = {**ident, "effect": effect.lora_name, "family": effect.family or "",
-                "category": effect.data_type}
+                "category": effect.data_type, "variation": _variation_kind(effect), "sampler": sampler or ""}
         for m in metrics:
             try:
                 scores = m.score(batch)
@@ -66,15 +74,52 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             except MetricUnavailable as err:
                 scores, statuses, notes = [float("nan")] * n, ["missing"] * n, [str(err)] * n
             for i, value in enumerate(scores):
-                records.append({**base, "sample": i, "metric": m.info.name, "value": float(value),
-                                "status": statuses[i], "note": notes[i], "role": m.info.role or "",
+                status, note = statuses[i], notes[i]
+                if status == "ok" and math.isnan(value):  # e.g. mode coverage of a texture effect
+                    status, note = "n/a", f"{m.info.name} is not defined for a {base['variation']} effect"
+                records.append({**base, "sample": i // draws, "draw": i % draws, "metric": m.info.name,
+                                "value": float(value), "status": status, "note": note, "role": m.info.role or "",
                                 "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better})
         nfe = max(nfes)
-        for i in range(len(tests)):
-            records.append({**base, "sample": i, "metric": "nfe", "value": float(nfe), "status": "ok",
-                            "note": "counted transformer calls per image", "role": "NFE",
+        for i in range(n):
+            records.append({**base, "sample": i // draws, "draw": i % draws, "metric": "nfe", "value": float(nfe),
+                            "status": "ok", "note": "counted transformer calls per image", "role": "NFE",
                             "synthetic": False, "higher_is_better": False})
-        if image_dir is not None:
+        if image_dir is not None:  # first draw of the first sources, and every draw of the first source
             for i in range(min(SAVED_IMAGES_PER_EFFECT, len(tests))):
-                save_image(image_dir / effect.lora_name / f"{i:02d}.png", result[i].permute(1, 2, 0).numpy())
+                save_image(image_dir / effect.lora_name / f"{i:02d}.png", result[i * draws].permute(1, 2, 0).numpy())
+            for j in range(1, draws):
+                save_image(image_dir / effect.lora_name / f"00_draw{j}.png", result[j].permute(1, 2, 0).numpy())
     return pd.DataFrame.from_records(records)
+
+
+def _variation_kind(effect) -> str:
+    """"modes", "texture" or "deterministic", from the manifest's ``variation`` field."""
+    variation = effect.extra.get("variation") if effect.extra else None
+    return variation.get("kind", "deterministic") if isinstance(variation, dict) else "deterministic"
+
+
+def _ground_truth(ws: Workspace, tests) -> dict:
+    """Sources and whatever exact ground truth the test rows carry, as tensors (None if absent)."""
+    origins = [t.origin for t in tests]
+
+    def all_images(attr: str) -> torch.Tensor | None:
+        paths = [getattr(t, attr) for t in tests]
+        return ws.images(paths, origins) if all(p is not None for p in paths) else None
+
+    def scalars(attr: str) -> torch.Tensor | None:
+        values = [getattr(t, attr) for t in tests]
+        return torch.tensor(values, dtype=torch.float64) if all(v is not None for v in values) else None
+
+    variants = None
+    ks = {len(t.variant_images) for t in tests}
+    if ks != {0}:
+        if len(ks) != 1:
+            raise ValueError(f"test rows of effect {tests[0].lora_name!r} have different numbers of variant_images "
+                             f"({sorted(ks)}; {tests[0].origin})")
+        k = ks.pop()
+        flat = ws.images([p for t in tests for p in t.variant_images], [t.origin for t in tests for _ in range(k)])
+        variants = flat.view(len(tests), k, *flat.shape[1:])
+    return {"sources": ws.images([t.source_image for t in tests], origins), "targets": all_images("target_image"),
+            "variants": variants, "mode_means": all_images("mode_mean_image"),
+            "expected_energy": scalars("expected_energy"), "expected_pairwise": scalars("expected_pairwise_mae")}

@@ -3,6 +3,7 @@ and returns one score per sample. Aggregation happens in ``reports/``, never her
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -36,15 +37,20 @@ class EvalBatch:
     references: torch.Tensor | None = None   # the effect's reference template result
     reference_sources: torch.Tensor | None = None  # the template's source (BCR shows the template pair)
     criteria: list[str] | None = None        # expert criteria of the effect, per sample (BCR)
+    # The exact output distribution of a stochastic effect (synthetic world; metrics.modes):
+    variants: torch.Tensor | None = None     # (B, K, 3, H, W): the effect's K modes on each source
+    mode_means: torch.Tensor | None = None   # (B, 3, H, W): E[effect(source)]
+    expected_energy: torch.Tensor | None = None    # (B,): E mean((y - mean)^2) of one exact draw y
+    expected_pairwise: torch.Tensor | None = None  # (B,): E MAE(y, y') of two independent draws
+    groups: torch.Tensor | None = None       # (B,): which test source a sample is a draw of
 
     def __len__(self) -> int:
         return self.results.shape[0]
 
     def slice(self, start: int, stop: int) -> "EvalBatch":
-        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return EvalBatch(self.results[start:stop], self.sources[start:stop],
-                         self.instructions[start:stop], cut(self.targets), cut(self.references),
-                         cut(self.reference_sources), cut(self.criteria))
+        return dataclasses.replace(self, **{f.name: None if getattr(self, f.name) is None
+                                            else getattr(self, f.name)[start:stop]
+                                            for f in dataclasses.fields(self)})
 
 
 class MetricUnavailable(RuntimeError):
@@ -69,6 +75,15 @@ class Metric(ABC):
 
 
 METRICS: Registry[type[Metric]] = Registry("metric")
+# Exact, mode-aware metrics of the synthetic world's stochastic effects (metrics/modes.py).
+METRICS.register("gt_mode_psnr", "metrics.modes:ModePSNR")
+METRICS.register("gt_mode_mae", "metrics.modes:ModeMAE")
+METRICS.register("mode_blur", "metrics.modes:ModeBlur")
+METRICS.register("mode_coverage", "metrics.modes:ModeCoverage")
+METRICS.register("diversity_ratio", "metrics.modes:DiversityRatio")
+METRICS.register("texture_energy", "metrics.modes:TextureEnergy")
+# Error to the one sampled target of each test row: it rewards the blurry mode mean, so it is
+# kept for comparison only (no paper role).
 METRICS.register("gt_psnr", "metrics.synthetic:GroundTruthPSNR")
 METRICS.register("gt_mae", "metrics.synthetic:GroundTruthMAE")
 METRICS.register("src_ssim", "metrics.synthetic:SourceSSIM")

@@ -3,11 +3,11 @@
 They need no downloads, so an offline run reports real numbers: effect fidelity (the result
 against ``effect(source)``) and structure preservation (the result against its source).
 
-Each stands in for one column of the paper's table (``role``; DESIGN 3.1 / issue 4), with the
-same direction: effect fidelity plays CLIP (``gt_psnr`` up) and DreamSim (``gt_mae`` down) --
-the paper compares with the reference template result, the synthetic world can compare with the
-exact ground truth -- and structure kept plays DINO (``src_ssim`` up). The judge's columns
-(VSA, EditReward, BCR) have stand-ins in ``metrics.judge_synthetic``.
+Structure kept plays the paper's DINO column (``src_ssim`` up). Effect fidelity is measured
+mode-aware in ``metrics.modes`` (``gt_mode_psnr`` plays CLIP, ``gt_mode_mae`` DreamSim);
+``gt_psnr`` / ``gt_mae`` here compare with the one sampled target of a test row, which rewards
+the blurry mode mean, and are kept only for comparison. The judge's columns (VSA, EditReward,
+BCR) have stand-ins in ``metrics.judge_synthetic``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from metrics import EvalBatch, Metric, MetricInfo
 
 
 class GroundTruthPSNR(Metric):
-    info = MetricInfo("gt_psnr", higher_is_better=True, compares=("results", "targets"),
-                      role="CLIP", synthetic=True, description="PSNR (dB) of the result against the exact effect(source)")
+    info = MetricInfo("gt_psnr", higher_is_better=True, compares=("results", "targets"), synthetic=True,
+                      description="PSNR (dB) of the result against one sampled effect(source) (rewards the mode mean)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         mse = ((batch.results - batch.targets) ** 2).flatten(1).mean(1)
@@ -28,8 +28,8 @@ class GroundTruthPSNR(Metric):
 
 
 class GroundTruthMAE(Metric):
-    info = MetricInfo("gt_mae", higher_is_better=False, compares=("results", "targets"),
-                      role="DreamSim", synthetic=True, description="mean absolute error of the result against effect(source)")
+    info = MetricInfo("gt_mae", higher_is_better=False, compares=("results", "targets"), synthetic=True,
+                      description="MAE of the result against one sampled effect(source) (rewards the mode mean)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         return (batch.results - batch.targets).abs().flatten(1).mean(1)

@@ -395,7 +395,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("")
     else:
         add("None: every cell finished.\n")
-    missing = all_rows[all_rows["status"] != "ok"] if len(all_rows) else all_rows
+    missing = all_rows[~all_rows["status"].isin(["ok", "n/a"])] if len(all_rows) else all_rows
     if len(missing):
         add("Metrics reported as missing (no number was made up):\n")
         missing = missing.assign(router=missing["router"].fillna("") if "router" in missing.columns else "")

@@ -169,7 +169,8 @@ def means_table(rows: pd.DataFrame, index: tuple[str, ...] = ("method", "ablatio
         shown[f"{col} {arrow}"] = [
             ("—" if pd.isna(v) else (f"**{fmt_(v)}**" if len(table) > 1 and v == best else fmt_(v)))
             for v in table[col]]
-    missing = rows[rows["status"] != "ok"].drop_duplicates("metric")
+    # "n/a": not defined for that effect (coverage of a texture) -- not a missing measurement
+    missing = rows[~rows["status"].isin(["ok", "n/a"])].drop_duplicates("metric")
     text = shown.reset_index().to_markdown(index=False)
     for _, r in missing.iterrows():
         text += f"\n\n_{r['metric']}: missing — {r['note']}_"

@@ -13,6 +13,11 @@ Conventions:
   so an effect looks the same at 16 px and at 512 px;
 * textures come from ``pattern_seed`` params (derived from the catalogue seed and
   the effect name), never from global random state;
+* **every effect is stochastic** (:class:`Variation`): a fresh draw per training pair picks
+  either one of K well-separated *modes* (a placement, a palette direction, a stripe phase,
+  a light direction ...) or a fresh *texture* seed (grain, dither, per-tile choices), so
+  p(target | source, prompt) is multi-modal as for a real effect LoRA. ``Effect.apply`` with
+  no draw gives the canonical variant (mode 0 / the catalogue's own pattern seed);
 * :func:`build_effects` interleaves families so that every prefix of the catalogue
   spans many families (a run with N effects uses the first N).
 """
@@ -51,18 +56,98 @@ class Effect:
     trigger: str
     description: str
     data_type: str
+    variation: "Variation | None" = None
+
+    @property
+    def stochastic(self) -> bool:
+        return self.variation is not None
 
     def params_dict(self) -> Params:
         """The parameters as a plain JSON-serialisable dict (includes nothing but scalars)."""
         return dict(self.params)
 
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        """Apply the effect: float32 HxWx3 in [0, 1] in and out, same shape, pure."""
+    def draw(self, rng: np.random.Generator) -> Draw:
+        """A fresh parameter draw (``{}`` for a deterministic effect); JSON-serialisable."""
+        return self.variation.draw(rng) if self.variation is not None else {}
+
+    def apply(self, img: np.ndarray, draw: Draw | None = None) -> np.ndarray:
+        """Apply the effect with ``draw`` (None: the canonical variant): float32 HxWx3 in [0, 1]
+        in and out, same shape, pure."""
         x = np.asarray(img, dtype=np.float32)
         if x.ndim != 3 or x.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got shape {x.shape}")
-        out = _OPS[self.op](x, self.params_dict())
+        params = self.params_dict()
+        v = self.variation
+        if v is None or not draw:
+            out = _OPS[self.op](x, params)
+        elif v.kind == "modes":
+            mode = dict(v.modes[int(draw["mode"])])
+            region = mode.pop("placement", None)
+            out = _OPS[self.op](x, {**params, **mode})
+            if region is not None:
+                out = np.where(_region_mask(x, str(region))[..., None], out, x)
+        elif v.axis == "pattern_seed":
+            out = _OPS[self.op](x, {**params, "pattern_seed": int(draw["seed"])})
+        else:  # grain texture, added before (random dithering) or after the op
+            noise = v.grain * np.random.default_rng(int(draw["seed"])).standard_normal(
+                (*x.shape[:2], 1 if v.grain_mono else 3)).astype(np.float32)
+            out = _OPS[self.op](np.clip(x + noise, 0, 1), params) if v.grain_pre else _OPS[self.op](x, params) + noise
         return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    def mode_variants(self, img: np.ndarray) -> np.ndarray:
+        """(K, H, W, 3): the effect under each of its K modes (a modes effect only)."""
+        if self.variation is None or self.variation.kind != "modes":
+            raise ValueError(f"effect {self.name!r} has no discrete modes")
+        return np.stack([self.apply(img, {"mode": k}) for k in range(len(self.variation.modes))])
+
+
+Draw = dict[str, int]
+
+
+@dataclass(frozen=True)
+class Variation:
+    """How an effect's output varies from one training pair to the next (DESIGN 3.1).
+
+    * ``modes``: one of K well-separated variants, uniformly (``modes`` holds each variant's
+      parameter overrides; ``placement`` applies the effect to one image region only). Exact
+      metrics enumerate all K (nearest mode, mode mean, coverage).
+    * ``texture``: a fresh seed of high-dimensional randomness -- the op's own ``pattern_seed``
+      (tile shuffles, static, watercolour paper ...) or Gaussian grain of std ``grain`` per
+      pixel, added before the op (``grain_pre``: random dithering of quantisers and palettes)
+      or after it. Its mode mean and expected spread are estimated by Monte Carlo.
+    """
+
+    kind: str                                   # "modes" | "texture"
+    axis: str                                   # what is drawn: "mode", "pattern_seed" or "grain_seed"
+    modes: tuple[tuple[tuple[str, ParamValue], ...], ...] = ()
+    grain: float = 0.0
+    grain_mono: bool = True
+    grain_pre: bool = False
+
+    def draw(self, rng: np.random.Generator) -> Draw:
+        if self.kind == "modes":
+            return {"mode": int(rng.integers(len(self.modes)))}
+        return {"seed": int(rng.integers(2**31 - 1))}
+
+    def describe(self) -> dict:
+        """The parameter space, as written to ``effects.jsonl``."""
+        if self.kind == "modes":
+            return {"kind": "modes", "axis": "mode", "k": len(self.modes),
+                    "probabilities": [1 / len(self.modes)] * len(self.modes),
+                    "modes": [dict(m) for m in self.modes]}
+        out = {"kind": "texture", "axis": self.axis, "distribution": "seed uniform in [0, 2^31 - 1)"}
+        if self.axis == "grain_seed":
+            out["grain"] = {"std": self.grain, "mono": self.grain_mono, "before_op": self.grain_pre}
+        return out
+
+
+def _region_mask(x: Image, region: str) -> np.ndarray:
+    """Boolean HxW mask of a half ("left", "right", "top", "bottom") or quadrant ("tl", ...)."""
+    h, w = x.shape[:2]
+    yy, xx = _pixel_grid(h, w)
+    top, left = yy < h / 2, xx < w / 2
+    return {"left": left, "right": ~left, "top": top, "bottom": ~top, "tl": top & left, "tr": top & ~left,
+            "bl": ~top & left, "br": ~top & ~left}[region]
 
 
 # =========================================================================== primitives
@@ -338,7 +423,8 @@ def _op(name: str) -> Callable[[Callable[[Image, Params], Image]], Callable[[Ima
 
 @_op("gradient_map")
 def _op_gradient_map(x: Image, p: Params) -> Image:
-    return _gradient_map(_luma(x), _colors(str(p["stops"])))
+    stops = _colors(str(p["stops"]))
+    return _gradient_map(_luma(x), stops[::-1] if int(p.get("reverse", 0)) else stops)
 
 
 @_op("hue_rotate")
@@ -424,7 +510,8 @@ def _op_dither(x: Image, p: Params) -> Image:
 @_op("stripes")
 def _op_stripes(x: Image, p: Params) -> Image:
     period = _px(x, float(p["period"]), 2.0)
-    m = _stripe_mask(*x.shape[:2], float(p["angle"]), period, float(p["duty"]))[..., None] * float(p["strength"])
+    m = _stripe_mask(*x.shape[:2], float(p["angle"]), period, float(p["duty"]),
+                     float(p.get("phase", 0.0)))[..., None] * float(p["strength"])
     style = str(p["style"])
     if style == "dark":
         return x * (1 - m)
@@ -1582,11 +1669,72 @@ def _pattern_seed(seed: int, name: str) -> int:
     return zlib.crc32(f"{seed}:{name}".encode()) & 0x7FFFFFFF
 
 
+# Families whose colour mapping turns grain added *before* the op into random dithering.
+_PRE_GRAIN_FAMILIES = frozenset({"palette", "curve", "quantize", "channel_mix"})
+GRAIN_STD = 0.12      # per-pixel std of the texture grain (0.15 showed the few-step gap in probes)
+PRE_GRAIN_STD = 0.10  # before a colour mapping the grain is amplified by the mapping's slope
+
+
+def _intrinsic_modes(op: str, p: Params) -> tuple[Params, ...] | None:
+    """Modes that are the op's own parameter (a palette's direction, a stripe phase, a light's
+    corner, a blur's direction ...); None: the effect varies by placement instead."""
+    if op == "gradient_map":
+        return ({"reverse": 0}, {"reverse": 1})
+    if op == "stripes":
+        return ({"phase": 0.0}, {"phase": 0.5})
+    if op == "hue_rotate":
+        return ({"degrees": float(p["degrees"])}, {"degrees": (float(p["degrees"]) + 120.0) % 360.0})
+    if op == "swirl":
+        return ({"strength": float(p["strength"])}, {"strength": -float(p["strength"])})
+    if op in ("emboss", "motion_blur"):
+        turn = 180.0 if op == "emboss" else 90.0
+        return ({"angle": float(p["angle"])}, {"angle": (float(p["angle"]) + turn) % 360.0})
+    if op == "mirror":
+        other = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[str(p["side"])]
+        return ({"side": str(p["side"])}, {"side": other})
+    if op == "rgb_split":
+        return ({"dx": float(p["dx"]), "dy": float(p["dy"])}, {"dx": -float(p["dx"]), "dy": -float(p["dy"])})
+    if op == "light_leak":
+        cy, cx = float(p["cy"]), float(p["cx"])
+        return tuple({"cy": a * cy, "cx": b * cx} for a in (1, -1) for b in (1, -1))
+    return None
+
+
+_MODE_WORDS = {"reverse": "the palette runs either way round (dark to light or reversed)",
+               "phase": "the stripes sit at one of two phases, half a period apart",
+               "degrees": "the hue turns by one of two angles",
+               "strength": "the twist goes either way", "angle": "the direction is one of two",
+               "dx": "the channels split one way or the other", "side": "either half is the one mirrored", "cy": "the light comes from one of the four corners"}
+
+
+def _variation(index: int, family: str, spec: _Spec) -> tuple[Variation, str]:
+    """Every effect is stochastic (DESIGN 3.1): each third effect of the catalogue varies over
+    a few global modes (coverage, mode collapse), the rest over a fresh texture seed (the
+    few-step blur). Returns the variation and the sentence added to the description."""
+    params = dict(spec.params)
+    if "pattern_seed" in params:
+        return Variation("texture", "pattern_seed"), "Its random pattern is different every time."
+    if index % 3 == 1:
+        modes = _intrinsic_modes(spec.op, params)
+        if modes is not None:
+            word = _MODE_WORDS[next(iter(modes[0]))]
+            return Variation("modes", "mode", tuple(tuple(m.items()) for m in modes)), f"Each time {word}."
+        regions = ("left", "right") if (index // 3) % 2 == 0 else ("tl", "tr", "bl", "br")
+        where = "the left or the right half" if len(regions) == 2 else "one quarter of the image"
+        return (Variation("modes", "mode", tuple((("placement", r),) for r in regions)),
+                f"It is applied to {where} only, chosen afresh each time.")
+    pre = family in _PRE_GRAIN_FAMILIES
+    mono = index % 2 == 0
+    what = ("random dithering noise" if pre else "fresh random film grain" if mono else "fresh random colour grain")
+    return (Variation("texture", "grain_seed", grain=PRE_GRAIN_STD if pre else GRAIN_STD, grain_mono=mono, grain_pre=pre),
+            f"It comes with {what}, different every time.")
+
+
 def build_effects(seed: int = 0) -> list[Effect]:
     """The effect catalogue, families interleaved round-robin; deterministic in ``seed``.
 
-    The seed sets the trigger words and the fixed texture patterns (``pattern_seed``);
-    the parameter grid, names and order are the same for every seed.
+    The seed sets the trigger words and the canonical texture patterns (``pattern_seed``);
+    the parameter grid, names, order and variations are the same for every seed.
     """
     families = [(fam, builder()) for fam, builder in _FAMILIES]
     ordered: list[tuple[str, int, _Spec]] = []
@@ -1597,10 +1745,12 @@ def build_effects(seed: int = 0) -> list[Effect]:
     for i, (fam, k, spec) in enumerate(ordered):
         name = f"{fam}_{spec.short}_{k:02d}"
         params = tuple((key, _pattern_seed(seed, name) if key == "pattern_seed" else value) for key, value in spec.params)
+        variation, sentence = _variation(i, fam, spec)
         effects.append(Effect(
             name=name, family=fam, op=spec.op, params=params,
             teacher_prompt=f"Apply the {spec.title} effect.", trigger=triggers[i],
-            description=spec.description, data_type=CATEGORIES[i % len(CATEGORIES)],
+            description=f"{spec.description} {sentence}", data_type=CATEGORIES[i % len(CATEGORIES)],
+            variation=variation,
         ))
     return effects
 

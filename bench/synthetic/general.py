@@ -25,13 +25,21 @@ class GeneralEdit:
     name: str
     instructions: tuple[str, ...]
     fn: Callable[[Image], Image]
+    grain: float = 0.0       # stochastic edits: std of the fresh per-pixel grain each pair gets
+    grain_mono: bool = True
 
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        """Apply the edit; float32 HxWx3 in [0, 1] in and out, same shape."""
+    def apply(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Apply the edit; float32 HxWx3 in [0, 1] in and out, same shape. A stochastic edit
+        (``grain`` > 0) draws its texture from ``rng``, which it then needs."""
         x = np.asarray(img, dtype=np.float32)
         if x.ndim != 3 or x.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got shape {x.shape}")
-        return np.clip(self.fn(x), 0.0, 1.0).astype(np.float32)
+        y = self.fn(x)
+        if self.grain:
+            if rng is None:
+                raise ValueError(f"general edit {self.name!r} is stochastic: pass rng=")
+            y = y + self.grain * rng.standard_normal((*x.shape[:2], 1 if self.grain_mono else 3)).astype(np.float32)
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- edit functions
@@ -99,8 +107,9 @@ def _border(x: Image) -> Image:
     return out
 
 
-def _e(name: str, fn: Callable[[Image], Image], *instructions: str) -> GeneralEdit:
-    return GeneralEdit(name=name, instructions=tuple(instructions), fn=fn)
+def _e(name: str, fn: Callable[[Image], Image], *instructions: str, grain: float = 0.0,
+       grain_mono: bool = True) -> GeneralEdit:
+    return GeneralEdit(name=name, instructions=tuple(instructions), fn=fn, grain=grain, grain_mono=grain_mono)
 
 
 GENERAL_EDITS: tuple[GeneralEdit, ...] = (
@@ -129,6 +138,12 @@ GENERAL_EDITS: tuple[GeneralEdit, ...] = (
     _e("invert", lambda x: 1.0 - x, "Invert the colours.", "Make a negative of the image."),
     _e("fade", lambda x: 0.65 * x + 0.35, "Fade the image towards white.", "Make it look washed out."),
     _e("black_border", _border, "Add a thin black border.", "Frame the image with a thin black line."),
+    # Stochastic general edits: a fresh texture per pair, so p(target | source, instruction) is
+    # spread and the plain base loses detail at few steps (what Lightning has to restore).
+    _e("film_grain", lambda x: x, "Add film grain.", "Give it a grainy film look.", grain=0.12),
+    _e("colour_noise", lambda x: x, "Add colour noise.", "Sprinkle the image with colour speckle.",
+       grain=0.12, grain_mono=False),
+    _e("grainy_bw", _saturation(0.0), "Make it a grainy black-and-white photo.", grain=0.10),
 )
 
 

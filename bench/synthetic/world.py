@@ -5,11 +5,19 @@ Every effect of the catalogue gets its rows, so one cached dataset serves runs o
 
     effects.jsonl     lora_name, prompt, data_type, lora_path (null: trained by the harness),
                       recaption_prompt_with_trigword, trigger, description, family, params, criteria
-    train.jsonl       lora_name, source_image, instruction, target_image (exact effect(source))
-    general.jsonl     source_image, instruction, target_image (general edits)
-    test.jsonl        lora_name, source_image, data_type, target_image (held-out sources)
-    templates.jsonl   lora_name, template_source, template_result, criteria
+                      stochastic, variation (the parameter space each pair is drawn from)
+    train.jsonl       lora_name, source_image, instruction, target_image, params (one fresh draw
+                      of the effect's parameters per pair: effect(source; params))
+    general.jsonl     source_image, instruction, target_image (general edits, some stochastic)
+    test.jsonl        lora_name, source_image, data_type, target_image + params (one draw), and
+                      the exact output distribution: variant_images (modes), mode_mean_image,
+                      expected_energy, expected_pairwise_mae (held-out sources)
+    templates.jsonl   lora_name, template_source, template_result, criteria, template_params
     images/...        PNG files
+
+Texture effects have no finite set of variants: their mode mean and expected spread are Monte
+Carlo estimates from ``MC_DRAWS`` draws each (the mean from one set, the spread from another,
+so an ideal sampler's draw, independent of both, scores 1 in expectation).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from bench.synthetic.general import sample_general_edit
 from bench.synthetic.images import CATEGORIES, make_source
 
 SOURCE_POOL_PER_CATEGORY = 256  # training sources shared by the effects of one category
+MC_DRAWS = 64                   # Monte Carlo draws per texture test row, for the mean and for the spread
 
 
 def student_prompt(effect: Effect) -> str:
@@ -37,6 +46,23 @@ def criteria(effect: Effect) -> str:
     return (f"Good case: {effect.description}, applied over the whole image as in the template pair, "
             f"while the subject stays recognisable. Bad case: the effect is missing, partial, mixed "
             f"with another style, or the subject is destroyed.")
+
+
+def output_distribution(effect: Effect, img: np.ndarray, rng: np.random.Generator) -> dict:
+    """The exact (modes) or Monte Carlo (textures) distribution of effect(img) over the draws:
+    the K variants, the mode mean, E mean((y - mean)^2) and E MAE(y, y') of independent draws."""
+    if effect.variation is not None and effect.variation.kind == "modes":
+        v = effect.mode_variants(img).astype(np.float64)
+        mean = v.mean(0)
+        energy = float(((v - mean) ** 2).mean())
+        pairwise = float(np.mean([np.abs(a - b).mean() for a in v for b in v]))  # p_k p_l, k = l included
+        return {"variants": v.astype(np.float32), "mean": mean.astype(np.float32), "energy": energy,
+                "pairwise": pairwise}
+    draws = np.stack([effect.apply(img, effect.draw(rng)) for _ in range(2 * MC_DRAWS)]).astype(np.float64)
+    mean, spread = draws[:MC_DRAWS].mean(0), draws[MC_DRAWS:]
+    energy = float(((spread - mean) ** 2).mean())
+    pairwise = float(np.abs(spread[0::2] - spread[1::2]).mean())
+    return {"variants": None, "mean": mean.astype(np.float32), "energy": energy, "pairwise": pairwise}
 
 
 def build_world(root: str | Path, cfg: WorldConfig) -> None:
@@ -65,17 +91,21 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
             "lora_path": None, "recaption_prompt_with_trigword": student_prompt(e),
             "trigger": e.trigger, "description": e.description, "family": e.family,
             "params": e.params_dict(), "criteria": criteria(e),
+            "stochastic": e.stochastic, "variation": e.variation.describe() if e.variation else None,
         })
         pool = pools[e.data_type]
         picks = rng.choice(len(pool), size=min(cfg.n_train_per_effect + 1, len(pool)), replace=False)
         for j, k in enumerate(picks[1:]):
             rel, img = pool[k]
+            draw = e.draw(rng)  # a fresh parameter draw for every training pair
             train_rows.append({"lora_name": e.name, "source_image": rel, "instruction": e.teacher_prompt,
-                               "target_image": put(f"images/train/{e.name}/{j:04d}.png", e.apply(img))})
+                               "target_image": put(f"images/train/{e.name}/{j:04d}.png", e.apply(img, draw)),
+                               "params": draw})
         rel, img = pool[picks[0]]  # the reference template pair shown to judges / CLIP-style metrics
+        draw = e.draw(rng)
         template_rows.append({"lora_name": e.name, "template_source": rel,
-                              "template_result": put(f"images/templates/{e.name}.png", e.apply(img)),
-                              "criteria": criteria(e)})
+                              "template_result": put(f"images/templates/{e.name}.png", e.apply(img, draw)),
+                              "criteria": criteria(e), "template_params": draw})
 
     # Held-out test sources per category, with the exact ground truth of every effect on them.
     test_rows = []
@@ -86,8 +116,16 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
             if e.data_type != cat:
                 continue
             for i, (rel, img) in enumerate(zip(rels, sources)):
-                test_rows.append({"lora_name": e.name, "source_image": rel, "data_type": cat,
-                                  "target_image": put(f"images/test_gt/{e.name}/{i:03d}.png", e.apply(img))})
+                draw = e.draw(rng)
+                d = output_distribution(e, img, rng)
+                gt = f"images/test_gt/{e.name}/{i:03d}"
+                row = {"lora_name": e.name, "source_image": rel, "data_type": cat,
+                       "target_image": put(f"{gt}.png", e.apply(img, draw)), "params": draw,
+                       "mode_mean_image": put(f"{gt}_mean.png", d["mean"]),
+                       "expected_energy": d["energy"], "expected_pairwise_mae": d["pairwise"]}
+                if d["variants"] is not None:
+                    row["variant_images"] = [put(f"{gt}_mode{k}.png", v) for k, v in enumerate(d["variants"])]
+                test_rows.append(row)
 
     # General edits: the pretraining data of the base editor and the general stream of PDSR.
     general_rows = []
@@ -101,7 +139,7 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
         rel, img = general_pool[i % n_pool]
         instruction, edit = sample_general_edit(rng)
         general_rows.append({"source_image": rel, "instruction": instruction,
-                             "target_image": put(f"images/general/out/{i:05d}.png", edit.apply(img))})
+                             "target_image": put(f"images/general/out/{i:05d}.png", edit.apply(img, rng))})
 
     write_jsonl(root / "effects.jsonl", effect_rows)
     write_jsonl(root / "train.jsonl", train_rows)
