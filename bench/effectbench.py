@@ -20,8 +20,8 @@ rows are relative to that directory unless absolute):
     optional ``target_image`` (only together with ``lora_name``). Stochastic effects may add
     the exact ground truth of their output *distribution* (written by the synthetic world;
     read by the mode-aware metrics): ``variant_images`` (list; the effect under each of its K
-    modes), ``mode_mean_image`` (E[effect(source)]), ``expected_energy`` (E mean((y - mean)^2)
-    of one draw y) and ``expected_pairwise_mae`` (E MAE(y, y') of two independent draws).
+    modes), ``mode_mean_image`` (E[effect(source)]), ``expected_energy`` (E of the mean square
+    high-pass residual of one draw y around the mean, ``texture_energy``'s normaliser) and ``expected_pairwise_mae`` (E MAE(y, y') of two independent draws).
 ``templates.jsonl`` (required)
     ``lora_name``, ``template_source``, ``template_result``, optional
     ``criteria``.  Every effect needs >= 1 template and >= 1 test sample.
@@ -238,7 +238,7 @@ class TestRow(_RowMixin):
     target_image: Path | None = None
     variant_images: tuple[Path, ...] = ()    # the effect's K modes on this source (modes effects)
     mode_mean_image: Path | None = None      # E[effect(source)] over the effect's parameter draws
-    expected_energy: float | None = None     # E mean((y - mode mean)^2), y one exact draw
+    expected_energy: float | None = None     # E high-pass energy of (y - mode mean), y one exact draw
     expected_pairwise_mae: float | None = None  # E MAE(y, y'), two independent exact draws
     origin: str = ""
     extra: dict[str, Any] = field(default_factory=dict, hash=False)

@@ -38,14 +38,10 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             tests = tests[: cfg.eval.limit]
         if not tests:
             raise ValueError(f"effect {effect.lora_name!r} has no test rows")
-        truth = _ground_truth(ws, tests)
-        template = ws.bench.templates_for(effect.lora_name)[0]
-        reference = ws.images([template.template_result], [template.origin])
-        reference_source = ws.images([template.template_source], [template.origin])
         # Each test source is edited ``draws`` times with independent noise (source-major order),
         # so the distribution metrics see several samples of one conditional. Per-effect seed: a
         # method's samples do not depend on which other effects ran before.
-        sources = truth.pop("sources").repeat_interleave(draws, 0)
+        sources = ws.images([t.source_image for t in tests], [t.origin for t in tests]).repeat_interleave(draws, 0)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
         results, nfes, sampler = [], [], None
         for start in range(0, len(sources), cfg.eval.batch_size):
@@ -55,14 +51,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             sampler = getattr(out, "sampler", None)
         result = torch.cat(results)
         n = len(sources)
-        expand = {k: (None if v is None else v.repeat_interleave(draws, 0)) for k, v in truth.items()}
-        # Judges see what the user asked for (the effect's instruction), not the student's trigger prompt.
-        batch = EvalBatch(result, sources, [effect.prompt] * n, expand["targets"], reference.expand(n, -1, -1, -1),
-                          reference_source.expand(n, -1, -1, -1),
-                          [template.criteria or effect.criteria or ""] * n,
-                          variants=expand["variants"], mode_means=expand["mode_means"],
-                          expected_energy=expand["expected_energy"], expected_pairwise=expand["expected_pairwise"],
-                          groups=torch.arange(len(tests)).repeat_interleave(draws))
+        batch = effect_batch(ws, effect, tests, result, draws)
         base = {**ident, "effect": effect.lora_name, "family": effect.family or "",
                 "category": effect.data_type, "variation": _variation_kind(effect), "sampler": sampler or ""}
         for m in metrics:
@@ -97,6 +86,26 @@ def _variation_kind(effect) -> str:
     """"modes", "texture" or "deterministic", from the manifest's ``variation`` field."""
     variation = effect.extra.get("variation") if effect.extra else None
     return variation.get("kind", "deterministic") if isinstance(variation, dict) else "deterministic"
+
+
+def effect_batch(ws: Workspace, effect, tests, results: torch.Tensor, draws: int) -> EvalBatch:
+    """What the metrics score for one effect: ``results`` holds ``draws`` edits of each test
+    source in source-major order; the batch carries the sources, the template pair, the
+    instruction and whatever exact ground truth the test rows have."""
+    truth = _ground_truth(ws, tests)
+    expand = {k: (None if v is None else v.repeat_interleave(draws, 0)) for k, v in truth.items()}
+    n = len(results)
+    if n != len(tests) * draws:
+        raise ValueError(f"{n} results for {len(tests)} test sources x {draws} draws")
+    template = ws.bench.templates_for(effect.lora_name)[0]
+    reference = ws.images([template.template_result], [template.origin]).expand(n, -1, -1, -1)
+    reference_source = ws.images([template.template_source], [template.origin]).expand(n, -1, -1, -1)
+    # Judges see what the user asked for (the effect's instruction), not the student's trigger prompt.
+    return EvalBatch(results, expand.pop("sources"), [effect.prompt] * n, expand["targets"], reference,
+                     reference_source, [template.criteria or effect.criteria or ""] * n,
+                     variants=expand["variants"], mode_means=expand["mode_means"],
+                     expected_energy=expand["expected_energy"], expected_pairwise=expand["expected_pairwise"],
+                     groups=torch.arange(len(tests)).repeat_interleave(draws))
 
 
 def _ground_truth(ws: Workspace, tests) -> dict:

@@ -40,7 +40,7 @@ class EvalBatch:
     # The exact output distribution of a stochastic effect (synthetic world; metrics.modes):
     variants: torch.Tensor | None = None     # (B, K, 3, H, W): the effect's K modes on each source
     mode_means: torch.Tensor | None = None   # (B, 3, H, W): E[effect(source)]
-    expected_energy: torch.Tensor | None = None    # (B,): E mean((y - mean)^2) of one exact draw y
+    expected_energy: torch.Tensor | None = None    # (B,): E high-pass energy of (y - mean), y one exact draw
     expected_pairwise: torch.Tensor | None = None  # (B,): E MAE(y, y') of two independent draws
     groups: torch.Tensor | None = None       # (B,): which test source a sample is a draw of
 

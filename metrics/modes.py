@@ -15,8 +15,10 @@ result with the effect's whole output distribution, which the dataset carries pe
 * ``gt_mode_psnr`` -- the same in PSNR (dB) of the MSE.
 * ``mode_blur`` -- 1 if r is closer to the mode mean than to its nearest mode (modes), or keeps
   less than half the texture energy of an exact draw (textures): the few-step average.
-* ``texture_energy`` -- mean((r - m)^2) / E mean((y - m)^2) for an exact draw y: 1 is right,
-  < 1 over-smoothed, > 1 noise.
+* ``texture_energy`` -- H(r - m) / E H(y - m) for an exact draw y, where H is the mean square
+  of the high-pass part (x - G x) of the residual around the mode mean: the texture's detail,
+  separated from errors of the structure (which ``gt_mode_mae`` scores). 1 is right, < 1
+  over-smoothed, > 1 noise.
 * ``mode_coverage`` (per source, over the S draws of that source) -- distinct nearest modes hit
   divided by the number an ideal sampler is expected to hit with S draws,
   sum_k 1 - (1 - p_k)^S: 1 is ideal. Modes effects only.
@@ -98,11 +100,17 @@ def mode_error(batch: EvalBatch, images: torch.Tensor | None = None) -> tuple[to
     return _mae(x, batch.targets), _mse(x, batch.targets)
 
 
+def highpass_energy(residual: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean square of the high-pass part ``x - G x`` of (B, 3, H, W) residuals."""
+    x = residual.double()
+    return ((x - lowpass(x)) ** 2).flatten(1).mean(1)
+
+
 def energy_ratio(batch: EvalBatch) -> torch.Tensor:
-    """mean((r - m)^2) / E mean((y - m)^2); NaN where the effect has no spread."""
+    """H(r - m) / E H(y - m) (see ``texture_energy``); NaN where the effect has no spread."""
     if batch.mode_means is None or batch.expected_energy is None:
         return torch.full((len(batch),), float("nan"), dtype=torch.float64)
-    e = _mse(batch.results.double(), batch.mode_means.double())
+    e = highpass_energy(batch.results.double() - batch.mode_means.double())
     ref = batch.expected_energy.double()
     return torch.where(ref > 1e-8, e / ref.clamp_min(1e-12), torch.full_like(e, float("nan")))
 

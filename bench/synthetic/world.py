@@ -26,12 +26,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench.config import WorldConfig
 from bench.effectbench import save_image, write_jsonl
 from bench.synthetic.effects import Effect, build_effects
 from bench.synthetic.general import sample_general_edit
 from bench.synthetic.images import CATEGORIES, make_source
+from metrics.modes import highpass_energy
 
 SOURCE_POOL_PER_CATEGORY = 256  # training sources shared by the effects of one category
 MC_DRAWS = 64                   # Monte Carlo draws per texture test row, for the mean and for the spread
@@ -48,19 +50,26 @@ def criteria(effect: Effect) -> str:
             f"with another style, or the subject is destroyed.")
 
 
+def _texture_energy(residuals: np.ndarray) -> float:
+    """E of ``metrics.modes.highpass_energy`` over (N, H, W, 3) residuals around the mode mean."""
+    x = torch.from_numpy(np.ascontiguousarray(residuals)).permute(0, 3, 1, 2)
+    return float(highpass_energy(x).mean())
+
+
 def output_distribution(effect: Effect, img: np.ndarray, rng: np.random.Generator) -> dict:
     """The exact (modes) or Monte Carlo (textures) distribution of effect(img) over the draws:
-    the K variants, the mode mean, E mean((y - mean)^2) and E MAE(y, y') of independent draws."""
+    the K variants, the mode mean, the expected high-pass energy of a draw around the mean
+    (``texture_energy``'s normaliser) and E MAE(y, y') of independent draws."""
     if effect.variation is not None and effect.variation.kind == "modes":
         v = effect.mode_variants(img).astype(np.float64)
         mean = v.mean(0)
-        energy = float(((v - mean) ** 2).mean())
+        energy = _texture_energy(v - mean)
         pairwise = float(np.mean([np.abs(a - b).mean() for a in v for b in v]))  # p_k p_l, k = l included
         return {"variants": v.astype(np.float32), "mean": mean.astype(np.float32), "energy": energy,
                 "pairwise": pairwise}
     draws = np.stack([effect.apply(img, effect.draw(rng)) for _ in range(2 * MC_DRAWS)]).astype(np.float64)
     mean, spread = draws[:MC_DRAWS].mean(0), draws[MC_DRAWS:]
-    energy = float(((spread - mean) ** 2).mean())
+    energy = _texture_energy(spread - mean)
     pairwise = float(np.abs(spread[0::2] - spread[1::2]).mean())
     return {"variants": None, "mean": mean.astype(np.float32), "energy": energy, "pairwise": pairwise}
 

@@ -1,0 +1,147 @@
+"""The world's learnability gate: can this synthetic world tell the paper's methods apart?
+
+Run it before any method grid. Per effect it trains (or takes from the cache) the teacher LoRA,
+samples every held-out test source ``eval.draws`` times at 1, 8, 40 and 80 NFE (40 steps x
+CFG 4, the Base setting), and prints with 95 % intervals (cluster bootstrap over test sources):
+
+* the teacher's fidelity: ``gt_mode_mae`` for modes effects, ``texture_energy`` for textures
+  (1 is an exact draw's energy; the few-step average is below 1);
+* ``mode_blur``, ``mode_coverage`` (modes) and ``diversity_ratio`` at each NFE.
+
+Each effect is marked by what it can test:
+
+* ``few-step gap`` -- 40 or 80 NFE significantly better than 8 NFE (paired bootstrap over the
+  test sources; for textures "better" is |log texture_energy| smaller), so distilling few-step
+  sampling has something to win back;
+* ``coverage`` -- the teacher at 40 or 80 NFE reaches >= 0.8 of the ideal sampler's mode
+  coverage, so a student's mode collapse is visible;
+* ``neither`` -- such an effect tells the methods nothing and does not belong in a method grid.
+
+    python benchmarks/world_gate.py [--preset synth] [--effects N] [--json gate.json] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.cache import ArtifactCache
+from bench.config import PRESETS, apply_overrides
+from bench.evaluate import effect_batch
+from bench.workspace import Workspace
+from methods.adapters import AdapterBank
+from methods.distill import edit_with
+from metrics.modes import DiversityRatio, ModeBlur, ModeCoverage, ModeMAE, TextureEnergy
+from reports.stats import bootstrap_ci, paired_difference, significantly
+
+COVERAGE_BAR = 0.8
+
+
+def settings(cfg) -> list[tuple[int, float]]:
+    """(steps, CFG) per NFE column: 1, fast (8), base steps without CFG (40), Base (40 x CFG 4)."""
+    s = cfg.sampling
+    return [(1, 1.0), (s.fast_steps, 1.0), (s.base_steps, 1.0), (s.base_steps, s.base_cfg)]
+
+
+def per_source(scores: list[float], draws: int) -> pd.Series:
+    """Mean over each test source's draws (the bootstrap's unit)."""
+    x = np.asarray(scores, dtype=float).reshape(-1, draws)
+    with np.errstate(invalid="ignore"):
+        return pd.Series(np.nanmean(x, 1) if np.isfinite(x).any() else np.full(len(x), np.nan))
+
+
+def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
+    cfg = ws.cfg
+    draws = cfg.eval.draws
+    tests = ws.bench.test_rows(effect.lora_name)[: cfg.eval.limit]
+    kind = (effect.extra.get("variation") or {}).get("kind", "deterministic")
+    bank.add_teacher(effect.lora_name, ws.teacher_dir(effect, bb))
+    sources = ws.images([t.source_image for t in tests]).repeat_interleave(draws, 0)
+    out: dict = {"effect": effect.lora_name, "family": effect.family, "kind": kind, "n_sources": len(tests),
+                 "draws": draws, "nfe": {}}
+    fidelity = TextureEnergy() if kind == "texture" else ModeMAE()
+    for steps, scale in settings(cfg):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        images, nfe = edit_with(bb, bank, (effect.lora_name,), sources, effect.prompt, steps=steps,
+                                shift=cfg.sampling.shift, cfg_scale=scale, generator=gen)
+        batch = effect_batch(ws, effect, tests, images, draws)
+        col = {name: per_source(m.score(batch), draws) for name, m in
+               (("fidelity", fidelity), ("mode_blur", ModeBlur()), ("mode_coverage", ModeCoverage()),
+                ("diversity_ratio", DiversityRatio()))}
+        out["nfe"][nfe] = col
+    return out
+
+
+def verdict(res: dict) -> tuple[bool, bool]:
+    """(tests the few-step gap, tests coverage)."""
+    cols, texture = res["nfe"], res["kind"] == "texture"
+    nfes = sorted(cols)
+    fast, slow = nfes[1], nfes[2:]
+
+    def distance(s: pd.Series) -> pd.Series:  # lower is better
+        return np.abs(np.log(s.clip(lower=1e-6))) if texture else s
+
+    gap = any(significantly(paired_difference(distance(cols[n]["fidelity"]), distance(cols[fast]["fidelity"])),
+                            higher_is_better=False) for n in slow)
+    coverage = res["kind"] == "modes" and max(float(cols[n]["mode_coverage"].mean()) for n in slow) >= COVERAGE_BAR
+    return gap, coverage
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="synth")
+    ap.add_argument("--effects", type=int, default=None, help="first N effects of the catalogue (default: the preset's)")
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--json", default=None, help="also write the per-effect figures and verdicts here")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    cfg = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
+    if args.effects:
+        cfg = replace(cfg, n_effects=args.effects)
+    ws = Workspace(cfg, ArtifactCache(args.cache))
+    t0 = time.perf_counter()
+    bb = ws.load_backbone()
+    bank = AdapterBank(bb.transformer)
+    results, lines = [], []
+    for effect in ws.bench.effects:
+        res = gate_effect(ws, bank, bb, effect)
+        gap, cov = verdict(res)
+        res["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
+        results.append(res)
+        cells = []
+        for nfe, col in sorted(res["nfe"].items()):
+            cells.append(bootstrap_ci(col["fidelity"]).text())
+        extra = []
+        for name in ("mode_blur", "mode_coverage", "diversity_ratio"):
+            vals = [bootstrap_ci(col[name]) for _, col in sorted(res["nfe"].items())]
+            extra.append(" / ".join("—" if np.isnan(v.mean) else f"{v.mean:.2f}" for v in vals))
+        metric = "texture_energy" if res["kind"] == "texture" else "gt_mode_mae"
+        lines.append(f"| {res['effect']} | {res['kind']} | {metric} | " + " | ".join(cells) + " | "
+                     + " | ".join(extra) + f" | {', '.join(res['tests'])} |")
+        print(lines[-1], flush=True)
+    nfes = sorted(results[0]["nfe"]) if results else []
+    head = ("| effect | kind | fidelity | " + " | ".join(f"{n} NFE" for n in nfes)
+            + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | tests |")
+    print(f"\nWorld gate, preset {cfg.preset}, {len(results)} effects, {results[0]['n_sources'] if results else 0} "
+          f"test sources x {cfg.eval.draws} draws each; 95 % bootstrap intervals over test sources:\n")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    print("\n".join(lines))
+    counts = {t: sum(t in r["tests"] for r in results) for t in ("few-step gap", "coverage", "neither")}
+    print(f"\n{counts['few-step gap']} of {len(results)} effects test the few-step gap, {counts['coverage']} test "
+          f"coverage, {counts['neither']} test neither ({time.perf_counter() - t0:.0f} s).")
+    if args.json:
+        def plain(r: dict) -> dict:
+            return {**r, "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in r["nfe"].items()}}
+        with open(args.json, "w") as f:
+            json.dump({"preset": cfg.preset, "counts": counts, "effects": [plain(r) for r in results]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
