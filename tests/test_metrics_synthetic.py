@@ -11,7 +11,7 @@ import torch
 from metrics import METRICS, EvalBatch
 
 PAPER_COLUMNS = {"CLIP": True, "DreamSim": False, "DINO": True, "VSA": True, "EditReward": True, "BCR": False}
-SYNTHETIC = ("gt_psnr", "gt_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn")
+SYNTHETIC = ("gt_mode_psnr", "gt_mode_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn")
 REAL = ("clip", "dreamsim", "dino", "vsa", "editreward", "bcr")
 
 

@@ -192,11 +192,11 @@ def test_general_edits_apply_correctly(probes: np.ndarray) -> None:
     np.testing.assert_array_equal(rot.apply(rot.apply(rot.apply(rot.apply(img)))), img)
     assert _edit("brighten_slight").apply(img).mean() > img.mean()
     non_square = make_source("portrait", np.random.default_rng(1), (24, 16))
-    assert all(g.apply(non_square).shape == (24, 16, 3) for g in GENERAL_EDITS)
+    assert all(g.apply(non_square, np.random.default_rng(0)).shape == (24, 16, 3) for g in GENERAL_EDITS)
 
 
 def test_general_edits_differ_from_effects(effects: list[Effect], probes: np.ndarray, outputs: np.ndarray) -> None:
-    general = np.stack([np.stack([g.apply(p) for p in probes]) for g in GENERAL_EDITS])
+    general = np.stack([np.stack([g.apply(p, np.random.default_rng(0)) for p in probes]) for g in GENERAL_EDITS])
     dist = _l1_matrix(outputs, general)
     i, j = np.unravel_index(np.argmin(dist), dist.shape)
     assert dist[i, j] > MIN_DISTINCT, (effects[i].name, GENERAL_EDITS[j].name)

@@ -143,7 +143,8 @@ GENERAL_EDITS: tuple[GeneralEdit, ...] = (
     _e("film_grain", lambda x: x, "Add film grain.", "Give it a grainy film look.", grain=0.12),
     _e("colour_noise", lambda x: x, "Add colour noise.", "Sprinkle the image with colour speckle.",
        grain=0.12, grain_mono=False),
-    _e("grainy_bw", _saturation(0.0), "Make it a grainy black-and-white photo.", grain=0.10),
+    _e("grainy_bw", _saturation(0.0), "Make it a grainy black-and-white photo.", "Turn it into grainy monochrome.",
+       grain=0.10),
 )
 
 
