@@ -140,8 +140,9 @@ def lightning_lora(ws) -> Path:
 
 
 def edit_with(bb, bank: AdapterBank, adapters: tuple[str, ...], sources: torch.Tensor, prompt: str, *,
-              steps: int, shift: float, cfg_scale: float, generator: torch.Generator):
-    """Generate with exactly ``adapters`` active; returns (images, nfe)."""
+              steps: int, shift: float, cfg_scale: float, generator: torch.Generator, sampler: str):
+    """Generate with exactly ``adapters`` active and ``sampler`` (``"euler"`` for flow-matching
+    models, ``sampling.dmd_sampler`` when a DMD-trained adapter is active); returns (images, nfe)."""
     from methods.flow import generate
 
     n, _, h, w = sources.shape
@@ -150,7 +151,7 @@ def edit_with(bb, bank: AdapterBank, adapters: tuple[str, ...], sources: torch.T
         lat, nfe = generate(bb, bb.encode_images(sources), bb.encode_prompts([prompt] * n, sources),
                             bb.latent_grid(h, w), steps=steps, shift=shift, cfg_scale=cfg_scale,
                             uncond=bb.encode_prompts([""] * n, sources) if cfg_scale > 1 else None,
-                            generator=generator)
+                            generator=generator, sampler=sampler)
     finally:
         bank.activate()
     return bb.decode_latents(lat, h, w), nfe

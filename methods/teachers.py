@@ -79,7 +79,7 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
                 imgs = sources[start:start + 64]
                 lat, _ = generate(bb, src, bb.encode_prompts([effect.prompt] * n, imgs), bb.latent_grid(h, w),
                                   steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg,
-                                  uncond=bb.encode_prompts([""] * n, imgs), generator=gen)
+                                  uncond=bb.encode_prompts([""] * n, imgs), generator=gen, sampler="euler")
                 outs.append(bb.decode_latents(lat, h, w))
             torch.save(torch.cat(outs), out / "outputs.pt")
         finally:
