@@ -26,6 +26,9 @@ QWEN_LORA_TARGETS: tuple[str, ...] = (
     "img_mod.1", "txt_mod.1",
 )
 
+# methods/flow.py ``generate(sampler=...)``: the samplers it implements (its docstring has the math).
+SAMPLERS: tuple[str, ...] = ("euler", "renoise")
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -124,6 +127,13 @@ class SamplingConfig:
     base_steps: int = 40             # Base: 40 steps ...
     base_cfg: float = 4.0            # ... with true CFG 4.0 (NFE 80)
     fast_steps: int = 8              # Lightning / CollectionLoRA: 8 steps, no CFG
+    # sampler of DMD-trained generators (ours, Lightning) at inference and in backward simulation:
+    # 'renoise' (reference: x0 + fresh noise) or 'euler'
+    dmd_sampler: str = "renoise"
+
+    def __post_init__(self) -> None:  # a bad override fails when parsed, not after training
+        if self.dmd_sampler not in SAMPLERS:
+            raise ValueError(f"sampling.dmd_sampler {self.dmd_sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
 
 
 @dataclass(frozen=True)

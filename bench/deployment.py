@@ -335,11 +335,11 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
     grid = bb.latent_grid(size_px, size_px)
     router = ROUTERS.get("embedding")(effects)
 
-    def gen_image(prompt: str, *, steps: int, cfg_scale: float) -> None:
+    def gen_image(prompt: str, *, steps: int, cfg_scale: float, sampler: str) -> None:
         cond = bb.encode_prompts([prompt], src)
         uncond = bb.encode_prompts([""], src) if cfg_scale > 1 else None
         generate(bb, src_lat, cond, grid, steps=steps, shift=s.shift, cfg_scale=cfg_scale, uncond=uncond,
-                 generator=torch.Generator().manual_seed(0))
+                 generator=torch.Generator().manual_seed(0), sampler=sampler)
 
     def request_text(i: int) -> str:
         return paraphrases(effects[i], 1, seed)[0]
@@ -351,7 +351,8 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
         with PeakMemory(device) as pm:
             t_route, _ = timed(lambda: router.route(text), device)
             t_load, _ = timed(lambda: (load_adapter(t, teachers[i], "req"), t.set_adapters(["req"])), device)
-            t_gen, _ = timed(lambda: gen_image(effects[i].prompt, steps=s.base_steps, cfg_scale=s.base_cfg), device)
+            t_gen, _ = timed(lambda: gen_image(effects[i].prompt, steps=s.base_steps, cfg_scale=s.base_cfg,
+                                               sampler="euler"), device)
             t_unload, _ = timed(lambda: t.delete_adapters("req"), device)
         if k == 0:
             continue  # warm-up (first-call allocations, lazy imports)
@@ -377,7 +378,8 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
         with PeakMemory(device) as pm:
             t_route, _ = timed(lambda: router.route(text), device)
             t_swap, _ = timed(lambda: load_adapter(t, teachers[i], "slot", hotswap=True), device)
-            t_gen, _ = timed(lambda: gen_image(effects[i].prompt, steps=s.fast_steps, cfg_scale=1.0), device)
+            t_gen, _ = timed(lambda: gen_image(effects[i].prompt, steps=s.fast_steps, cfg_scale=1.0,
+                                               sampler=s.dmd_sampler), device)
         if k == 0:
             continue
         switch.append(t_swap)
@@ -410,7 +412,8 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
         prompt = getattr(effects[i], "recaption_prompt_with_trigword", None) or effects[i].prompt
         with PeakMemory(device) as pm:
             t_route = timed(lambda: router.route(text), device)[0] if n_collections > 1 else 0.0
-            t_gen, _ = timed(lambda: gen_image(prompt, steps=s.fast_steps, cfg_scale=1.0), device)
+            t_gen, _ = timed(lambda: gen_image(prompt, steps=s.fast_steps, cfg_scale=1.0, sampler=s.dmd_sampler),
+                             device)
         if k == 0:
             continue
         # a swap is paid only when consecutive requests live in different collections

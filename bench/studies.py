@@ -73,11 +73,11 @@ def composition(ws: Workspace, pairs: int) -> pd.DataFrame:
         src = ws.images([t.source_image for t in tests])
         gen = lambda: torch.Generator().manual_seed(zlib.crc32(f"{a.lora_name}+{b.lora_name}".encode()))  # noqa: E731
         ours, nfe_ours = edit_with(bb, bank, ("ours",), src, compose_prompt(a, b), steps=s.fast_steps,
-                                   shift=s.shift, cfg_scale=1.0, generator=gen())
+                                   shift=s.shift, cfg_scale=1.0, generator=gen(), sampler=s.dmd_sampler)
         mid, nfe_a = edit_with(bb, bank, (a.lora_name,), src, a.prompt, steps=s.base_steps, shift=s.shift,
-                               cfg_scale=s.base_cfg, generator=gen())
+                               cfg_scale=s.base_cfg, generator=gen(), sampler="euler")
         chain, nfe_b = edit_with(bb, bank, (b.lora_name,), mid, b.prompt, steps=s.base_steps, shift=s.shift,
-                                 cfg_scale=s.base_cfg, generator=gen())
+                                 cfg_scale=s.base_cfg, generator=gen(), sampler="euler")
         truth = None
         if exact is not None:
             truth = torch.stack([torch.from_numpy(exact[b.lora_name].apply(exact[a.lora_name].apply(
@@ -116,8 +116,8 @@ class _FixedLoRA(Method):
         s = self.ws.cfg.sampling
         prompt = effect.recaption_prompt_with_trigword
         images, nfe = edit_with(self.bb, self.bank, ("ours",), sources, prompt, steps=s.fast_steps,
-                                shift=s.shift, cfg_scale=1.0, generator=generator)
-        return EditOutput(images, nfe, prompt)
+                                shift=s.shift, cfg_scale=1.0, generator=generator, sampler=s.dmd_sampler)
+        return EditOutput(images, nfe, prompt, s.dmd_sampler)
 
 
 def extension(ws: Workspace, n_new: int) -> pd.DataFrame:

@@ -106,7 +106,7 @@ class _IntermediateScores(TrainerCallback):
             gen = torch.Generator().manual_seed(ws.cfg.seed)
             prompt = self.prompt_of(effect)
             images, _ = edit_with(trainer.bb, trainer.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
-                                  shift=s.shift, cfg_scale=1.0, generator=gen)
+                                  shift=s.shift, cfg_scale=1.0, generator=gen, sampler=trainer.sampler)
             batch = EvalBatch(images.cpu(), sources, [prompt] * len(tests), targets,
                               reference.expand(len(tests), -1, -1, -1))
             scores += self.metric.score(batch)

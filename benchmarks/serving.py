@@ -59,12 +59,12 @@ class Server:
         self.latencies: list[float] = []
         self.nfe = 0
 
-    def _generate(self, prompt: str, steps: int, cfg_scale: float) -> None:
+    def _generate(self, prompt: str, steps: int, cfg_scale: float, sampler: str) -> None:
         bb = self.bb
         cond = bb.encode_prompts([prompt], self.src)
         uncond = bb.encode_prompts([""], self.src) if cfg_scale > 1 else None
         _, self.nfe = generate(bb, self.src_lat, cond, self.grid, steps=steps, shift=self.s.shift, cfg_scale=cfg_scale,
-                               uncond=uncond, generator=torch.Generator().manual_seed(0))
+                               uncond=uncond, generator=torch.Generator().manual_seed(0), sampler=sampler)
 
     def handle(self, effect_index: int, effect) -> None:
         raise NotImplementedError
@@ -92,7 +92,7 @@ class BaseServer(Server):
         t = self.bb.transformer
         load_adapter(t, self.teachers[i], "req")
         t.set_adapters(["req"])
-        self._generate(effect.prompt, self.s.base_steps, self.s.base_cfg)
+        self._generate(effect.prompt, self.s.base_steps, self.s.base_cfg, "euler")
         t.delete_adapters("req")
 
 
@@ -111,7 +111,7 @@ class LightningHotswapServer(Server):
 
     def handle(self, i, effect) -> None:
         load_adapter(self.bb.transformer, self.teachers[i], "slot", hotswap=True)
-        self._generate(effect.prompt, self.s.fast_steps, 1.0)
+        self._generate(effect.prompt, self.s.fast_steps, 1.0, self.s.dmd_sampler)
 
 
 class OursFusedServer(Server):
@@ -123,7 +123,8 @@ class OursFusedServer(Server):
         fuse_collection(bb.transformer, collection)
 
     def handle(self, i, effect) -> None:
-        self._generate(effect.recaption_prompt_with_trigword or effect.prompt, self.s.fast_steps, 1.0)
+        self._generate(effect.recaption_prompt_with_trigword or effect.prompt, self.s.fast_steps, 1.0,
+                       self.s.dmd_sampler)
 
 
 def percentile(values: list[float], q: float) -> float:

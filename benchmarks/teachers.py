@@ -57,7 +57,8 @@ def main() -> None:
         for label, adapters in (("base (no LoRA)", ()), ("teacher LoRA", (e.lora_name,))):
             for steps, cfg_scale in ((s.base_steps, s.base_cfg), (s.fast_steps, 1.0)):
                 out, nfe = edit_with(bb, bank, adapters, src, e.prompt, steps=steps, shift=s.shift,
-                                     cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+                                     cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0),
+                                     sampler="euler")  # flow-matching models only
                 batch = EvalBatch(out, src, [e.prompt] * len(tests), gt)  # the run's own metrics
                 records.append({"family": e.family, "effect": e.lora_name, "model": label, "nfe": nfe,
                                 **{name: pd.Series(m.score(batch)).mean() for name, m in scorers.items()}})

@@ -26,6 +26,7 @@ class EditOutput:
     images: torch.Tensor   # (B, 3, H, W) in [0, 1]
     nfe: int               # transformer forward passes per image, counted
     prompt: str            # the instruction the model was given
+    sampler: str           # the sampler that produced the images (methods/flow.py: "euler", "renoise")
 
 
 class Method(ABC):

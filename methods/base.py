@@ -31,8 +31,9 @@ class Base(Method):
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
         s = self.ws.cfg.sampling
         images, nfe = edit_with(self.backbone, self.bank, (self.teacher(effect),), sources, effect.prompt,
-                                steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg, generator=generator)
-        return EditOutput(images, nfe, effect.prompt)
+                                steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg, generator=generator,
+                                sampler="euler")  # flow-matching teacher
+        return EditOutput(images, nfe, effect.prompt, "euler")
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return sum(lora_bytes(self.teachers[e.lora_name]) for e in effects)

@@ -31,17 +31,18 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
     job) the ranks train it together, data-parallel; rank 0 owns the cache entry."""
     teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
     env = distributed.current()
+    sampler = ws.cfg.sampling.dmd_sampler  # backward simulation's; a student is served with the same
 
     def key_of(c: DistillConfig) -> str:
         return config_hash(ws.base_key, result_dict(c), p_switch, to_dict(objectives),
                            [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
-                           seed, ws.cfg.sampling.fast_steps, str(init_student), extra_key,
+                           seed, ws.cfg.sampling.fast_steps, sampler, str(init_student), extra_key,
                            ENGINE_VERSION)
 
     def record(c: DistillConfig) -> dict:
         return {"base": ws.base_key, "distill": to_dict(c), "p_switch": p_switch,
                 "objectives": to_dict(objectives), "effects": [e.lora_name for e in effects],
-                "seed": seed, "init_student": str(init_student)}
+                "seed": seed, "sampler": sampler, "init_student": str(init_student)}
 
     key = key_of(cfg)
 
@@ -77,7 +78,7 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
         snapshots = (_Snapshots(ws.cache, kind, key_of, record, label),)
         trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,
                              fast_steps=ws.cfg.sampling.fast_steps, shift=ws.cfg.sampling.shift,
-                             seed=seed, work_dir=ws.cache.work_dir(kind, key),
+                             seed=seed, work_dir=ws.cache.work_dir(kind, key), sampler=sampler,
                              init_student=init_student, desc=label,
                              callbacks=snapshots if cfg.snapshot_every and env.is_main else (), env=env)
         trainer.train()
@@ -139,8 +140,9 @@ def lightning_lora(ws) -> Path:
 
 
 def edit_with(bb, bank: AdapterBank, adapters: tuple[str, ...], sources: torch.Tensor, prompt: str, *,
-              steps: int, shift: float, cfg_scale: float, generator: torch.Generator):
-    """Generate with exactly ``adapters`` active; returns (images, nfe)."""
+              steps: int, shift: float, cfg_scale: float, generator: torch.Generator, sampler: str):
+    """Generate with exactly ``adapters`` active and ``sampler`` (``"euler"`` for flow-matching
+    models, ``sampling.dmd_sampler`` when a DMD-trained adapter is active); returns (images, nfe)."""
     from methods.flow import generate
 
     n, _, h, w = sources.shape
@@ -149,7 +151,7 @@ def edit_with(bb, bank: AdapterBank, adapters: tuple[str, ...], sources: torch.T
         lat, nfe = generate(bb, bb.encode_images(sources), bb.encode_prompts([prompt] * n, sources),
                             bb.latent_grid(h, w), steps=steps, shift=shift, cfg_scale=cfg_scale,
                             uncond=bb.encode_prompts([""] * n, sources) if cfg_scale > 1 else None,
-                            generator=generator)
+                            generator=generator, sampler=sampler)
     finally:
         bank.activate()
     return bb.decode_latents(lat, h, w), nfe

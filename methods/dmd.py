@@ -7,9 +7,11 @@ base for the general stream). DESIGN 4.1 / CollectionLoRA Sec. 3:
 
 * Backward simulation: the generator input is produced by the generator itself along the
   8-step schedule from pure noise, stopped at a random step k, so training sees what
-  inference produces. Each simulated step is the Euler update that inference uses (predict
-  the clean image, re-noise it to the next sigma with the noise the model implies), so the
-  simulated inputs are exactly inference's intermediate states.
+  inference produces. Each simulated step is a step of the sampler the student runs with at
+  inference (``sampling.dmd_sampler``, methods/flow.py), so the simulated inputs are
+  distributed as inference's intermediate states. Default, as the reference: predict the clean
+  image and re-noise it to the next sigma with fresh noise from the trainer's RNG; ``euler``
+  re-noises it with the noise the model implies (deterministic).
 * Critic: every step, flow matching on the detached generator sample.
 * Generator: every ``gen_update_ratio``-th step, with the DMD gradient
       g = (x_fake - x_real) / mean|x - x_real|,   loss = 0.5 * ||x - sg(x - g)||^2
@@ -48,7 +50,7 @@ from methods.adapters import AdapterBank
 from methods.backbones import Backbone, TextCondition
 from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
 from methods.fm import NonFiniteLossError
-from methods.flow import add_noise, predict_x0, shift_sigmas, sigma_schedule, true_cfg
+from methods.flow import add_noise, check_sampler, predict_x0, sampler_step, shift_sigmas, sigma_schedule, true_cfg
 from methods.lora import lora_config, save_lora
 from methods.streams import DistillBatch, StreamSampler
 
@@ -56,7 +58,8 @@ STUDENT, CRITIC = "student", "critic"
 # Part of every distilled artifact's cache key: bump it when a change to this loop alters what
 # training produces for the same config, so caches never serve a student of the old loop.
 # 2: batched score calls, TS timesteps shifted, TA-FM above the DMD noise level (reference).
-ENGINE_VERSION = 2
+# 3: backward simulation with the re-noising sampler (reference).
+ENGINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -113,14 +116,16 @@ class DMDTrainer:
     """The DMD loop. With ``env`` (several ranks of torch.distributed) every rank draws the same
     full batch and noise from one RNG stream, computes its contiguous shard, and the LoRA
     gradients are averaged before clipping: N ranks take the single-process step on the full
-    batch (methods/distributed.py; a test checks it with 2 gloo ranks)."""
+    batch (methods/distributed.py; a test checks it with 2 gloo ranks). ``sampler`` is the one
+    the student will be sampled with (``sampling.dmd_sampler``)."""
 
     def __init__(self, backbone: Backbone, bank: AdapterBank, streams: StreamSampler, cfg: DistillConfig,
                  *, objectives: Objectives, fast_steps: int, shift: float, seed: int, work_dir: Path,
-                 init_student: Path | None = None, desc: str = "dmd",
+                 sampler: str = "renoise", init_student: Path | None = None, desc: str = "dmd",
                  callbacks: tuple[TrainerCallback, ...] = (), env: DistEnv | None = None) -> None:
         self.bb, self.bank, self.streams, self.cfg = backbone, bank, streams, cfg
         self.obj, self.shift, self.desc = objectives, shift, desc
+        self.sampler = check_sampler(sampler)
         self.dmd_shift = shift if cfg.dmd_shift is None else cfg.dmd_shift
         self.work_dir = Path(work_dir)
         self.callbacks = (*callbacks, *_OBSERVERS.get())
@@ -194,15 +199,17 @@ class DMDTrainer:
 
     # -- generator sample -------------------------------------------------------------------------
     def _generator_sample(self, b: DistillBatch, with_grad: bool) -> torch.Tensor:
-        """Backward simulation: run the student from noise to a random schedule step k, then one
-        more student prediction there (with grad when the generator is updated)."""
+        """Backward simulation: run the student with its sampler from noise to a random schedule
+        step k, then one more student prediction there (with grad when the generator is updated).
+        Renoise's fresh noise comes from the trainer's RNG (``_randn``: every rank draws the full
+        batch, and a resumed run continues the same stream)."""
         n = b.sources.shape[0]
         k = int(torch.randint(len(self.schedule) - 1, (1,), generator=self.gen))
         x = self._randn(b.sources)
         with torch.no_grad():
-            for i in range(k):
+            for i in range(k):  # k < len(schedule) - 1: every step here re-noises to a sigma > 0
                 v = self._v((STUDENT,), x, self.schedule[i].expand(n), b, b.student_cond)
-                x = x + (self.schedule[i + 1] - self.schedule[i]) * v
+                x = sampler_step(self.sampler, x, v, self.schedule[i], self.schedule[i + 1], self._randn)
         sigma_k = self.schedule[k].expand(n)
         with torch.set_grad_enabled(with_grad):
             return predict_x0(x, self._v((STUDENT,), x, sigma_k, b, b.student_cond), sigma_k)
@@ -347,7 +354,7 @@ class DMDTrainer:
             "critic": get_peft_model_state_dict(t, adapter_name=CRITIC),
             "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
             "rng": self.gen.get_state(), "streams": asdict(self.streams.state),
-            "history": self.history, "config": asdict(self.cfg),
+            "history": self.history, "config": asdict(self.cfg), "sampler": self.sampler,
         }
         path = self.work_dir / f"ckpt-{self.step:08d}.pt"
         tmp = path.with_suffix(".tmp")

@@ -1,6 +1,7 @@
 """``lightning`` (Base + Lightning): each effect's teacher LoRA stacked with the Lightning LoRA,
 8 steps, no CFG -- the conventional cascaded pipeline whose parameter interference
-CollectionLoRA removes."""
+CollectionLoRA removes. Everything stacked with Lightning samples as a DMD student does
+(``sampling.dmd_sampler``): the step count and the lack of CFG are Lightning's."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ class BasePlusLightning(Base):
         s = self.ws.cfg.sampling
         images, nfe = edit_with(self.backbone, self.bank, (self.teacher(effect), LIGHTNING), sources,
                                 effect.prompt, steps=s.fast_steps, shift=s.shift, cfg_scale=1.0,
-                                generator=generator)
-        return EditOutput(images, nfe, effect.prompt)
+                                generator=generator, sampler=s.dmd_sampler)
+        return EditOutput(images, nfe, effect.prompt, s.dmd_sampler)
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return super().adapter_bytes(effects) + lora_bytes(self.lightning)
@@ -61,8 +62,9 @@ class StackedWithLightning(Method):
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
         s = self.ws.cfg.sampling
         images, nfe = edit_with(self.backbone, self.bank, (self.ADAPTER, LIGHTNING), sources, effect.prompt,
-                                steps=s.fast_steps, shift=s.shift, cfg_scale=1.0, generator=generator)
-        return EditOutput(images, nfe, effect.prompt)
+                                steps=s.fast_steps, shift=s.shift, cfg_scale=1.0, generator=generator,
+                                sampler=s.dmd_sampler)
+        return EditOutput(images, nfe, effect.prompt, s.dmd_sampler)
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return lora_bytes(self.lora) + lora_bytes(self.lightning)

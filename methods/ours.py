@@ -55,8 +55,8 @@ class CollectionLoRA(Method):
         s = self.ws.cfg.sampling
         prompt = self.student_prompt(effect)
         images, nfe = edit_with(self.backbone, self.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
-                                shift=s.shift, cfg_scale=1.0, generator=generator)
-        return EditOutput(images, nfe, prompt)
+                                shift=s.shift, cfg_scale=1.0, generator=generator, sampler=s.dmd_sampler)
+        return EditOutput(images, nfe, prompt, s.dmd_sampler)
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return lora_bytes(self.lora)

@@ -58,7 +58,9 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
         file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
         stat = file.stat() if file.exists() else None  # missing: load_lora says so when building
         who = (str(file.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns)
-    key = config_hash(ws.base_key, who, to_dict(ws.cfg.sampling), ws.image_size, ws.cfg.world.seed,
+    # Sampled with euler whatever the students use: dmd_sampler stays out of the key.
+    sampling = {k: v for k, v in to_dict(ws.cfg.sampling).items() if k != "dmd_sampler"}
+    key = config_hash(ws.base_key, who, sampling, ws.image_size, ws.cfg.world.seed,
                       [str(r.source_image) for r in rows])
 
     def build(out: Path) -> None:
@@ -77,7 +79,7 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
                 imgs = sources[start:start + 64]
                 lat, _ = generate(bb, src, bb.encode_prompts([effect.prompt] * n, imgs), bb.latent_grid(h, w),
                                   steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg,
-                                  uncond=bb.encode_prompts([""] * n, imgs), generator=gen)
+                                  uncond=bb.encode_prompts([""] * n, imgs), generator=gen, sampler="euler")
                 outs.append(bb.decode_latents(lat, h, w))
             torch.save(torch.cat(outs), out / "outputs.pt")
         finally:

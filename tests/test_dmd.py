@@ -94,7 +94,7 @@ def test_bank_errors_name_the_lora(bank_setup, tmp_path):
     assert set(bank.frozen) == {"t_a", "t_b"}  # failed loads left nothing behind
 
 
-def _trainer(tmp_path, steps, *, lr=1e-3, work="work", batch_size=2, env=None):
+def _trainer(tmp_path, steps, *, lr=1e-3, work="work", batch_size=2, env=None, sampler="renoise"):
     torch.manual_seed(0)
     bb = TinyQwenBackbone.create(BackboneConfig(num_layers=2), seed=0)
     bank = AdapterBank(bb.transformer)
@@ -109,7 +109,7 @@ def _trainer(tmp_path, steps, *, lr=1e-3, work="work", batch_size=2, env=None):
     cfg = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, rank=4, alpha=4, checkpoint_every=3,
                         gen_update_ratio=2)
     return DMDTrainer(bb, bank, streams, cfg, objectives=Objectives(), fast_steps=8, shift=3.0, seed=0,
-                      work_dir=tmp_path / work, env=env)
+                      work_dir=tmp_path / work, env=env, sampler=sampler)
 
 
 def _student(trainer):
@@ -149,6 +149,45 @@ def test_batched_scores_equal_one_call_per_branch(tmp_path):
         rows = slice(2 * i, 2 * i + 2)
         torch.testing.assert_close(real[rows], predict_x0(x, v, s), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(fake[rows], predict_x0(x, vf, s), atol=1e-5, rtol=1e-4)
+
+
+def _simulated_by_hand(trainer, b):
+    """Backward simulation written out (methods/flow.py docstring), on the trainer's RNG stream."""
+    from methods.dmd import STUDENT
+    from methods.flow import add_noise, predict_x0
+
+    sig, g, n = trainer.schedule, trainer.gen, b.sources.shape[0]
+    k = int(torch.randint(len(sig) - 1, (1,), generator=g))
+    x = torch.randn(b.sources.shape, generator=g)
+    with torch.no_grad():
+        for i in range(k):
+            v = trainer._v((STUDENT,), x, sig[i].expand(n), b, b.student_cond)
+            if trainer.sampler == "euler":
+                x = x + (sig[i + 1] - sig[i]) * v
+            else:
+                fresh = torch.randn(x.shape, generator=g)
+                x = add_noise(predict_x0(x, v, sig[i].expand(n)), fresh, sig[i + 1].expand(n))
+        return predict_x0(x, trainer._v((STUDENT,), x, sig[k].expand(n), b, b.student_cond), sig[k].expand(n))
+
+
+def test_backward_simulation_uses_the_configured_sampler(tmp_path):
+    """Two trainers alike but for the sampler, at a step k >= 2: each simulated input is its
+    sampler's (renoise with fresh noise from the trainer's RNG), and the two differ."""
+    samples = {}
+    for sampler in ("euler", "renoise"):
+        trainer = _trainer(tmp_path, 1, work=sampler, sampler=sampler)
+        b = trainer.streams.next(trainer.gen)
+        while True:  # move the RNG to a draw of k >= 2 (both trainers: the same stream, the same k)
+            state = trainer.gen.get_state()
+            if int(torch.randint(len(trainer.schedule) - 1, (1,), generator=trainer.gen)) >= 2:
+                trainer.gen.set_state(state)
+                break
+        samples[sampler] = trainer._generator_sample(b, with_grad=False)
+        trainer.gen.set_state(state)
+        torch.testing.assert_close(samples[sampler], _simulated_by_hand(trainer, b))
+    assert not torch.allclose(samples["euler"], samples["renoise"], atol=1e-3)
+    with pytest.raises(ValueError, match="valid samplers: euler, renoise"):
+        _trainer(tmp_path, 1, work="bad", sampler="ddim")
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
@@ -252,3 +291,47 @@ def test_two_gloo_ranks_train_the_single_process_student(tmp_path):
         assert a["stream"] == b["stream"]
         assert a["critic"] == pytest.approx(b["critic"], rel=1e-4)
     assert sorted(p.name for p in (tmp_path / "ranks").glob("ckpt-*.pt")) == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+
+
+class _KeyRecorder:
+    """An artifact cache that records the keys asked for and builds nothing."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, stop=False):
+        self.keys, self.stop = [], stop
+
+    def get_or_build(self, kind, key, build, **_):
+        self.keys.append((kind, key))
+        if self.stop:
+            raise self.Stop
+        return Path("unused")
+
+
+def test_the_sampler_keys_distilled_students_but_not_teacher_outputs(tmp_path):
+    """A student distilled with one sampler is never served for the other; the teachers' outputs
+    (always euler) keep their key whatever dmd_sampler is."""
+    from types import SimpleNamespace
+
+    from bench.config import RunConfig, apply_overrides
+    from bench.workspace import Workspace
+    from methods.distill import lightning_lora
+    from methods.teachers import teacher_outputs
+
+    teacher = tmp_path / "teacher.safetensors"
+    teacher.write_bytes(b"x")
+    effect = SimpleNamespace(lora_name="e", lora_path=str(teacher), prompt="p")
+    keys = {}
+    for sampler in ("euler", "renoise"):
+        students = _KeyRecorder()
+        ws = Workspace(apply_overrides(RunConfig(), [f"sampling.dmd_sampler={sampler}"]), students)
+        lightning_lora(ws)
+        ws.cache = outputs = _KeyRecorder(stop=True)
+        ws.__dict__["full_bench"] = SimpleNamespace(train_rows=lambda name: [])  # no rows: nothing to load
+        with pytest.raises(_KeyRecorder.Stop):
+            teacher_outputs(ws, effect)
+        keys[sampler] = students.keys + outputs.keys
+    (student_e, outputs_e), (student_r, outputs_r) = keys["euler"], keys["renoise"]
+    assert student_e[0] == student_r[0] == "lightning" and student_e != student_r
+    assert outputs_e == outputs_r

@@ -17,9 +17,10 @@ Two variants:
 
 Where this departs from the stock ``__call__``: the source image is VAE-encoded at the size it
 is given (the stock pipelines resize it to ~1024x1024 area first, as ``VAE_IMAGE_SIZE``; the
-CollectionLoRA reference code also keeps the given size), and sampling uses the harness's Euler
-loop (``methods.flow.generate``) with the harness's static shift rather than the scheduler's
-resolution-dependent one (:meth:`QwenEditBackbone.scheduler_shift` reports the latter).
+CollectionLoRA reference code also keeps the given size), and sampling uses the harness's loop
+(``methods.flow.generate``: Euler, or the re-noising sampler of DMD students) with the harness's
+static shift rather than the scheduler's resolution-dependent one
+(:meth:`QwenEditBackbone.scheduler_shift` reports the latter).
 
 Weights come from a local directory or the Hugging Face cache, never from the network: a missing
 component raises :class:`MissingWeightsError` naming it and how to download it.
