@@ -1694,6 +1694,8 @@ def _intrinsic_modes(op: str, p: Params) -> tuple[Params, ...] | None:
         return ({"side": str(p["side"])}, {"side": other})
     if op == "rgb_split":
         return ({"dx": float(p["dx"]), "dy": float(p["dy"])}, {"dx": -float(p["dx"]), "dy": -float(p["dy"])})
+    if op == "band_leak":  # a band of light on one side or the other (a quadrant could miss it)
+        return ({"offset": float(p["offset"])}, {"offset": -float(p["offset"])})
     if op == "light_leak":
         cy, cx = float(p["cy"]), float(p["cx"])
         return tuple({"cy": a * cy, "cx": b * cx} for a in (1, -1) for b in (1, -1))
@@ -1704,7 +1706,8 @@ _MODE_WORDS = {"reverse": "the palette runs either way round (dark to light or r
                "phase": "the stripes sit at one of two phases, half a period apart",
                "degrees": "the hue turns by one of two angles",
                "strength": "the twist goes either way", "angle": "the direction is one of two",
-               "dx": "the channels split one way or the other", "side": "either half is the one mirrored", "cy": "the light comes from one of the four corners"}
+               "dx": "the channels split one way or the other", "side": "either half is the one mirrored",
+               "offset": "the band of light falls on one side or the other", "cy": "the light comes from one of the four corners"}
 
 
 def _variation(index: int, family: str, spec: _Spec) -> tuple[Variation, str]:
@@ -1712,7 +1715,8 @@ def _variation(index: int, family: str, spec: _Spec) -> tuple[Variation, str]:
     a few global modes (coverage, mode collapse), the rest over a fresh texture seed (the
     few-step blur). Returns the variation and the sentence added to the description."""
     params = dict(spec.params)
-    if "pattern_seed" in params:
+    # (ordered Bayer dithering carries a pattern_seed but does not use it)
+    if "pattern_seed" in params and not (spec.op == "dither" and params.get("matrix") != "noise"):
         return Variation("texture", "pattern_seed"), "Its random pattern is different every time."
     if index % 3 == 1:
         modes = _intrinsic_modes(spec.op, params)
