@@ -1,8 +1,11 @@
 """The synthetic world's backbone: the real diffusers ``QwenImageTransformer2DModel`` at a tiny size.
 
 Stand-ins for the parts that would need downloads:
-* codec: an identity "VAE" in pixel space, ``[0,1] -> [-1,1]``, packed 2x2 exactly like
-  ``QwenImagePipeline._pack_latents`` (3 channels x 4 = 12 per token);
+* codec: an identity "VAE" in pixel space, ``[0,1] -> [-1,1]``, each ``p x p`` pixel patch
+  packed into one token (``backbone.pixel_patch``; p = 2 is exactly
+  ``QwenImagePipeline._pack_latents`` of 3 channels, 12 per token). A larger p is space-to-depth:
+  a 32 px image at p = 4 has the 8 x 8 tokens of a 16 px image at p = 2 (same cost per step),
+  with 48 values per token -- as if a VAE had 12 latent channels;
 * text encoder: words hashed into a frozen, seeded embedding table plus fixed sinusoidal
   positions. Distinct words (e.g. orthogonal trigger words) get distinct, nearly orthogonal
   embeddings; the transformer learns what they mean during pretraining / LoRA training.
@@ -22,8 +25,15 @@ from torch import nn
 from bench.config import BackboneConfig
 from methods.backbones import Backbone, TextCondition
 
-PATCH = 2
+PATCH = 2      # the transformer's own patch size (diffusers' packing of latent pixels)
 CHANNELS = 3
+
+
+def latent_channels(pixel_patch: int) -> int:
+    """Channels of the codec's latent image: RGB space-to-depth by ``pixel_patch / PATCH``."""
+    if pixel_patch % PATCH:
+        raise ValueError(f"backbone.pixel_patch {pixel_patch} must be a multiple of {PATCH}")
+    return CHANNELS * (pixel_patch // PATCH) ** 2
 
 
 class HashTextEncoder(nn.Module):
@@ -64,10 +74,11 @@ def tiny_transformer(cfg: BackboneConfig) -> QwenImageTransformer2DModel:
     if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
         raise ValueError(f"backbone.axes_dims_rope {cfg.axes_dims_rope} must sum to "
                          f"attention_head_dim {cfg.attention_head_dim}")
+    z = latent_channels(cfg.pixel_patch)
     return QwenImageTransformer2DModel(
         patch_size=PATCH,
-        in_channels=CHANNELS * PATCH * PATCH,
-        out_channels=CHANNELS,
+        in_channels=z * PATCH * PATCH,
+        out_channels=z,
         num_layers=cfg.num_layers,
         attention_head_dim=cfg.attention_head_dim,
         num_attention_heads=cfg.num_attention_heads,
@@ -110,22 +121,25 @@ class TinyQwenBackbone(Backbone):
 
     # -- codec ------------------------------------------------------------------------------
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
-        if height % PATCH or width % PATCH:
-            raise ValueError(f"image size {height}x{width} must be divisible by {PATCH}")
-        return height // PATCH, width // PATCH
+        p = self.cfg.pixel_patch
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} must be divisible by backbone.pixel_patch={p}")
+        return height // p, width // p
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
         gh, gw = self.latent_grid(h, w)
+        p = self.cfg.pixel_patch
         x = images.to(self.device, torch.float32) * 2 - 1
-        # same packing as QwenImagePipeline._pack_latents: (c, 2, 2) patches -> one token
-        x = x.view(b, c, gh, PATCH, gw, PATCH).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, gh * gw, c * PATCH * PATCH)
+        # (c, p, p) pixel patches -> one token; for p = 2 the packing of QwenImagePipeline._pack_latents
+        x = x.view(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, gh * gw, c * p * p)
 
     def decode_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         b = latents.shape[0]
         gh, gw = self.latent_grid(height, width)
-        x = latents.float().view(b, gh, gw, CHANNELS, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
+        p = self.cfg.pixel_patch
+        x = latents.float().view(b, gh, gw, CHANNELS, p, p).permute(0, 3, 1, 4, 2, 5)
         x = x.reshape(b, CHANNELS, height, width)
         return ((x + 1) / 2).clamp(0, 1)
 
