@@ -22,6 +22,8 @@ ROWS = "rows.parquet"
 COLUMNS = ["run", "method", "ablation", "components", "preset", "n_effects", "effect", "family",
            "category", "sample", "metric", "value", "status", "note", "role", "synthetic",
            "higher_is_better", "seed"]
+# Evaluation rows add: ``draw`` (which of a test source's eval.draws samples), ``variation``
+# (modes / texture / deterministic, from the manifest) and ``sampler`` (euler / renoise).
 
 
 def cell_id(cfg: Any) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from reports import paper_numbers as paper
+from reports import stats
 
 ARROW = {True: "↑", False: "↓"}
 
@@ -129,6 +130,55 @@ def column_means(rows: pd.DataFrame, by: Sequence[str], cols: Sequence[Column]) 
     return table[[c.label for c in cols]]
 
 
+def cluster_columns(rows: pd.DataFrame, by: Sequence[str], cols: Sequence[Column]) -> dict[str, dict]:
+    """Per column label, per ``by`` group: the mean of each test source (effect, sample) -- the
+    unit the intervals resample (reports/stats.py)."""
+    ok = rows[rows["status"] == "ok"]
+    out: dict[str, dict] = {}
+    for c in cols:
+        groups: dict = {}
+        if c.metric is not None:
+            for key, sub in ok[ok.metric == c.metric].groupby(list(by) if len(by) > 1 else by[0]):
+                groups[key] = stats.cluster_means(sub)
+        out[c.label] = groups
+    return out
+
+
+def ci_column(groups: dict, keys: Sequence, higher: bool, label: str) -> list[str]:
+    """``mean ± half-width`` of the 95 % interval per key; the best mean in bold only when it is
+    *significantly* better than every other row (paired bootstrap over shared test sources)."""
+    cis = {k: stats.bootstrap_ci(groups[k]) if k in groups else None for k in keys}
+    means = [cis[k].mean if cis[k] is not None else float("nan") for k in keys]
+    text = column_formatter(means, label)
+    finite = [(m, k) for m, k in zip(means, keys) if not math.isnan(m)]
+    best = None
+    if len(finite) > 1:
+        top = (max if higher else min)(finite, key=lambda t: t[0])[1]
+        if all(stats.significantly(stats.paired_difference(groups[top], groups[k]), higher)
+               for _, k in finite if k != top):
+            best = top
+    out = []
+    for k, m in zip(keys, means):
+        ci = cis[k]
+        if ci is None or math.isnan(m):
+            out.append("—")
+            continue
+        half = (ci.hi - ci.lo) / 2 if not math.isnan(ci.lo) else float("nan")
+        cell = text(m) + ("" if math.isnan(half) or label.startswith("NFE") else f" ± {text(half)}")
+        out.append(f"**{cell}**" if k == best else cell)
+    return out
+
+
+def n_sources(groups: dict, keys: Sequence) -> list[str]:
+    """Test sources behind each row (the largest over its columns)."""
+    return [str(max((len(g[k]) for g in groups.values() if k in g), default=0)) for k in keys]
+
+
+SIGNIFICANCE_NOTE = ("Each cell: mean ± half-width of its 95 % cluster-bootstrap interval over test sources "
+                     "(n per row); bold only where a row is significantly best (paired bootstrap against every "
+                     "other row).")
+
+
 def bold_best(values: pd.Series, higher: bool, text: Callable[[float], str]) -> list[str]:
     """Format a column; the best value (ties included) in bold when more than one row has a value."""
     finite = values.dropna()
@@ -195,70 +245,73 @@ def setting(method: str, n_effects: int) -> str:
 
 
 def main_table(rows: pd.DataFrame, *, by_category: bool = False) -> str:
-    """Table 1: Setting | Method | CLIP ↑ ... BCR ↓ | NFE ↓ (means over effects, samples, seeds)."""
+    """Table 1: Setting | Method | n | CLIP ↑ ... BCR ↓ | NFE ↓, each cell a mean with its 95 %
+    interval over test sources; bold = significantly best."""
     if rows.empty:
         return "_no rows_"
     cols = metric_columns(rows)
     by = ["method"] + (["category"] if by_category else [])
-    means = column_means(rows, by, cols)
+    groups = cluster_columns(rows, by, cols)
     n = int(rows["n_effects"].max())
-    order = method_order(means.index.get_level_values("method"))
-    keys = [k for m in order for k in means.index if (k[0] if by_category else k) == m]
-    means = means.loc[keys]
+    present = {k for g in groups.values() for k in g}
+    methods = method_order([k[0] if by_category else k for k in present])
+    keys = [k for m in methods for k in sorted(present, key=str) if (k[0] if by_category else k) == m]
     out = pd.DataFrame({"Setting": [setting(k[0] if by_category else k, n) for k in keys],
                         "Method": [label(k[0] if by_category else k) for k in keys]})
     if by_category:
         out.insert(2, "Category", [k[1] for k in keys])
+    out["n"] = n_sources(groups, keys)
     for c in cols:
-        vals = means[c.label]
         if by_category:  # best per column within each category
-            shown = pd.Series("", index=range(len(keys)), dtype=object)
+            shown = [""] * len(keys)
             cats = [k[1] for k in keys]
             for cat in dict.fromkeys(cats):
                 idx = [i for i, k in enumerate(cats) if k == cat]
-                sub = vals.iloc[idx]
-                for i, s in zip(idx, bold_best(sub, c.higher, column_formatter(vals, c.label))):
-                    shown[i] = s
-            out[c.header] = list(shown)
+                for i, cell in zip(idx, ci_column(groups[c.label], [keys[i] for i in idx], c.higher, c.label)):
+                    shown[i] = cell
+            out[c.header] = shown
         else:
-            out[c.header] = bold_best(vals, c.higher, column_formatter(vals, c.label))
-    return render(out)
+            out[c.header] = ci_column(groups[c.label], keys, c.higher, c.label)
+    return render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
 def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
-    """LoRA scaling: Method | 10 LoRAs | 20 LoRAs | ... for one role (best per column bold)."""
+    """LoRA scaling: Method | 10 LoRAs | 20 LoRAs | ... for one role, with 95 % intervals (bold =
+    significantly best in its column)."""
     cols = [c for c in metric_columns(rows, paper_roles=False) if c.role == role and c.metric]
     if not cols:
         return f"_no measured {role}-role metric_"
     c = cols[0]
-    ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
-    pivot = ok.pivot_table(index="method", columns="n_effects", values="value", aggfunc="mean")
-    pivot = pivot.loc[method_order(pivot.index)]
-    out = pd.DataFrame({"Method": [label(m) for m in pivot.index]})
-    for n in sorted(pivot.columns):
-        out[f"{n} LoRAs"] = bold_best(pivot[n], c.higher, column_formatter(pivot.values.ravel(), c.label))
-    return f"{c.header} (`{c.metric}`)\n\n" + render(out)
+    groups = cluster_columns(rows, ["method", "n_effects"], [c])[c.label]
+    methods = method_order({m for m, _ in groups})
+    out = pd.DataFrame({"Method": [label(m) for m in methods]})
+    for n in sorted({k for _, k in groups}):
+        sub = {m: groups[(m, n)] for m in methods if (m, n) in groups}
+        out[f"{n} LoRAs"] = ci_column(sub, methods, c.higher, c.label)
+    return f"{c.header} (`{c.metric}`)\n\n" + render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
 def ablation_table(rows: pd.DataFrame) -> str:
-    """Exp | PDSR | AOP | TS | TA-FM | metrics: one row per set of components switched off."""
+    """Exp | PDSR | AOP | TS | TA-FM | n | metrics: one row per set of components switched off,
+    each cell with its 95 % interval (bold = significantly best)."""
     if rows.empty:
         return "_no rows_"
     cols = [c for c in metric_columns(rows) if c.role != "NFE"]
-    means = column_means(rows, ["ablation"], cols)
+    groups = cluster_columns(rows, ["ablation"], cols)
 
     def off(ab: str) -> tuple[str, ...]:
         return () if ab in ("", "none") else tuple(ab.split(","))
 
-    keyed = sorted(means.index, key=lambda ab: (paper.ablation_exp(off(ab)) or "(9)", ab))
-    means = means.loc[keyed]
+    present = {k for g in groups.values() for k in g}
+    keyed = sorted(present, key=lambda ab: (paper.ablation_exp(off(ab)) or "(9)", ab))
     out = pd.DataFrame({"Exp.": [paper.ablation_exp(off(ab)) or f"off: {ab}" for ab in keyed]})
     names = {"pdsr": "PDSR", "aop": "AOP", "ts": "TS", "tafm": "TA-FM"}
     for comp in paper.ABLATION_COMPONENTS:
         out[names[comp]] = ["" if comp in off(ab) else "✓" for ab in keyed]
+    out["n"] = n_sources(groups, keyed)
     for c in cols:
-        out[c.header] = bold_best(means[c.label], c.higher, column_formatter(means[c.label], c.label))
-    return render(out)
+        out[c.header] = ci_column(groups[c.label], keyed, c.higher, c.label)
+    return render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
 # deployment --------------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def test_tables_bold_best_arrows_and_nfe(report):
     main = text.split("## 1.")[1].split("**paper**")[0]
     assert "CLIP ↑" in main and "DreamSim ↓" in main and "NFE ↓" in main
     ours = next(line for line in main.splitlines() if "Ours (CollectionLoRA)" in line and "Single" not in line)
-    assert "**18.00**" in ours and "**0.100**" in ours  # best CLIP-role and DreamSim-role are ours
+    # best CLIP-role and DreamSim-role are ours, significantly (the fake rows have no spread)
+    assert "**18.00 ± 0.00**" in ours and "**0.100 ± 0.000**" in ours
     base = next(line for line in main.splitlines() if line.startswith("| Single effect") and "| Base " in line)
     assert "| 20 " in base or "| 20 |" in base  # counted NFE of Base
     assert "`gt_psnr`" in main  # legend names the metric behind the role
@@ -258,7 +259,7 @@ def test_cells_of_another_config_are_listed_not_averaged(tmp_path):
     build_report(tmp_path, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     ours = next(line for line in text.split("## 1.")[1].splitlines() if "Ours (CollectionLoRA)" in line)
-    assert "**18.00**" in ours  # 0.1-quality cell not averaged in
+    assert "**18.00 ± 0.00**" in ours  # 0.1-quality cell not averaged in
     assert "ran with another config" in text and "`teacher.steps`" in text
     assert "other config" in text.split("## Configs and seeds")[1]
 
@@ -277,3 +278,18 @@ def test_check_names_every_empty_section_on_stderr(tmp_path, capsys):
                     "qualitative grids (ablation)"):
         assert f"empty: {section}" in err, section
     assert "empty: main table" not in err and "empty: qualitative grids (methods)" not in err
+
+
+def test_a_best_value_is_bold_only_when_significantly_best():
+    """Inside the noise nothing is bold; a clear, paired win is; n counts test sources."""
+    rng = np.random.default_rng(0)
+    idx = pd.MultiIndex.from_tuples([("e", i) for i in range(30)], names=["effect", "sample"])
+    noise = pd.Series(rng.normal(0, 0.1, 30), index=idx)
+    base = 0.5 + noise
+    close = base + pd.Series(rng.normal(0.005, 0.1, 30), index=idx)   # a tiny, noisy "win"
+    clear = base + 0.2 + pd.Series(rng.normal(0, 0.01, 30), index=idx)
+    cells = tables.ci_column({"a": base, "b": close}, ["a", "b"], True, "CLIP")
+    assert not any(c.startswith("**") for c in cells) and all("±" in c for c in cells)
+    cells = tables.ci_column({"a": base, "b": clear}, ["a", "b"], True, "CLIP")
+    assert cells[1].startswith("**") and not cells[0].startswith("**")
+    assert tables.n_sources({"CLIP": {"a": base}}, ["a"]) == ["30"]
