@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench.grids import DeploymentCell
 from reports import paper_numbers as paper
-from reports import plots, tables
+from reports import claims, plots, tables
 from reports.grids_images import GridColumn, image_grid, result_images
 
 ROWS, CONFIG, ERROR = "rows.parquet", "config.json", "error.txt"
@@ -304,9 +304,15 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     add("**paper** (Table 1, 50 effects, EffectBench):\n")
     add(tables.paper_main_table() + "\n")
 
+    scaling_rows = rows_of(sec["scaling"])
+    ab_rows = rows_of(sec["ablation"])
+    add("### The paper's claims in this world\n")
+    gate = _world_gate(runs)
+    add(gate + "\n")
+    add("\n".join(claims.claims(main_rows, scaling_rows, ab_rows)) + "\n")
+
     # 2. scaling -----------------------------------------------------------------------------------
     add("## 2. LoRA scaling\n")
-    scaling_rows = rows_of(sec["scaling"])
     if len(scaling_rows):
         add("**This run**:\n")
         add(tables.scaling_table(scaling_rows, "CLIP") + "\n")
@@ -351,7 +357,6 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
 
     # 4. ablation -------------------------------------------------------------------------------------
     add(f"## 4. Component ablation — {n} effects in 1\n")
-    ab_rows = rows_of(sec["ablation"])
     if len(ab_rows):
         add("**This run**:\n")
         add(tables.ablation_table(ab_rows) + "\n")
@@ -434,6 +439,21 @@ def _differing_keys(chosen: dict, others: list[Cell]) -> list[str]:
         keys |= {k for k in set(flat) | set(chosen) if json.dumps(flat.get(k), default=str)
                  != json.dumps(chosen.get(k), default=str)}
     return sorted(keys)
+
+
+def _world_gate(runs: Path) -> str:
+    """What the learnability gate said about this world (``benchmarks/world_gate.py --json
+    <runs>/world_gate.json``): a comparison between methods means something only where it passed."""
+    path = Path(runs) / "world_gate.json"
+    if not path.exists():
+        return ("_World gate not run for these results (`python benchmarks/world_gate.py --json "
+                f"{path}`): until it has, read the comparisons below as unvalidated._")
+    gate = json.loads(path.read_text())
+    c, n = gate["counts"], len(gate["effects"])
+    verdict = "passes" if c["neither"] == 0 and 2 * c["few-step gap"] > n else "does not pass"
+    return (f"World gate ({gate['preset']}, {n} effects): {c['few-step gap']} test the few-step gap, "
+            f"{c['coverage']} test coverage, {c['neither']} test neither -- the world **{verdict}** its gate "
+            "(every effect tests something, a majority the few-step gap).")
 
 
 def _describe(c: Cell) -> str:
