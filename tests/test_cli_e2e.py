@@ -22,7 +22,7 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     argv = ["--method", "base", "--preset", "smoke", "--out", str(out), "--cache", str(cache_dir)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| method" in printed and "gt_psnr ↑" in printed and "nfe ↓" in printed
+    assert "| method" in printed and "gt_mode_psnr ↑" in printed and "nfe ↓" in printed
 
     files = list(out.glob("cells/*/rows.parquet"))
     assert len(files) == 1
@@ -172,7 +172,12 @@ def test_torchrun_two_ranks_train_the_same_ours_as_one_process(tmp_path, cache_d
 
     from safetensors.torch import load_file
 
-    argv = ["--method", "ours", "--ablate", "pdsr", "--preset", "smoke"]
+    # 10 steps: N ranks reduce the gradient in another float order than one process; DMD's
+    # two-player dynamics amplify that rounding over many steps (measured at the smoke preset's
+    # 40 steps with grad clip 10 and the re-noising sampler: 2e-3; with clip 1 or euler: < 1e-5),
+    # so the equivalence is checked where rounding has not yet grown (tests/test_distributed.py
+    # checks the step itself tightly).
+    argv = ["--method", "ours", "--ablate", "pdsr", "--preset", "smoke", "distill.steps=10"]
     no_students = shutil.ignore_patterns("collectionlora")
     one_cache, ranks_cache = tmp_path / "cache1", tmp_path / "cache2"  # the same world, base, teachers
     shutil.copytree(cache_dir, one_cache, ignore=no_students)
