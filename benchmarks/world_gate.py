@@ -69,7 +69,7 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
     for steps, scale in settings(cfg):
         gen = torch.Generator().manual_seed(cfg.seed)
         images, nfe = edit_with(bb, bank, (effect.lora_name,), sources, effect.prompt, steps=steps,
-                                shift=cfg.sampling.shift, cfg_scale=scale, generator=gen)
+                                shift=cfg.sampling.shift, cfg_scale=scale, generator=gen, sampler="euler")
         batch = effect_batch(ws, effect, tests, images, draws)
         col = {name: per_source(m.score(batch), draws) for name, m in
                (("fidelity", fidelity), ("mode_blur", ModeBlur()), ("mode_coverage", ModeCoverage()),
