@@ -48,7 +48,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
             results.append(out.images.cpu())
             nfes.append(out.nfe)
-            sampler = getattr(out, "sampler", None)
+            sampler = out.sampler
         result = torch.cat(results)
         n = len(sources)
         batch = effect_batch(ws, effect, tests, result, draws)

@@ -121,9 +121,10 @@ def main(base: RunConfig) -> list[RunConfig]:
 
 
 @GRIDS.register("scaling")
-def scaling(base: RunConfig) -> list[RunConfig]:
-    """LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects."""
-    return [_cell(base, m, n=n) for n in sizes(base).scaling for m in PAPER_METHODS]
+def scaling(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[RunConfig]:
+    """LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects (``--scaling-effects``:
+    another list, e.g. 10,20,50 where the larger Ns cost too much)."""
+    return [_cell(base, m, n=n) for n in (scaling_effects or sizes(base).scaling) for m in PAPER_METHODS]
 
 
 @GRIDS.register("ablation")
@@ -221,10 +222,11 @@ def deployment(base: RunConfig) -> list[DeploymentCell]:
 
 
 @GRIDS.register("paper")
-def paper(base: RunConfig) -> list[Any]:
+def paper(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[Any]:
     """Everything the paper reports: main, scaling, ablation, curves, deployment (each cell once)."""
     # curves first: their full runs publish the curve points (and are ablation's / main's LoRAs)
-    return _unique([*curves(base), *main(base), *ablation(base), *scaling(base), *deployment(base)])
+    return _unique([*curves(base), *main(base), *ablation(base), *scaling(base, scaling_effects=scaling_effects),
+                    *deployment(base)])
 
 
 @GRIDS.register("methods")

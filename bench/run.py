@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
     p.add_argument("--force", action="store_true", help="rerun a cell even if it finished before")
     p.add_argument("--grid", default=None, help="run a grid of cells (see --list grids) instead of one run")
+    p.add_argument("--scaling-effects", default=None, metavar="N,N,...",
+                   help="with --grid scaling / paper: the numbers of effects of the scaling study "
+                        "(default: the preset's, 10,20,50,100,180 at the paper's size)")
     p.add_argument("--list", choices=["methods", "metrics", "presets", "grids"], help="list registered names and exit")
     p.add_argument("--executor", choices=["local", "debug", "slurm"], default=None,
                    help="local: run cells in this process (default); debug/slurm: submitit jobs by stage "
@@ -54,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. teacher.steps=300; slurm.<field>=value sets job resources")
     return p
+
+
+def _effect_counts(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--scaling-effects {text!r}: expected numbers of effects like 10,20,50") from None
+    if any(n < 1 for n in counts):
+        raise ValueError(f"--scaling-effects {text!r}: every number of effects must be >= 1")
+    return counts
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -156,7 +171,8 @@ def _prepare(cfg: RunConfig, cache: ArtifactCache):  # noqa: ANN202
 
 
 def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
-             executor: str = "local", slurm=None, wait: bool = False) -> int:
+             executor: str = "local", slurm=None, wait: bool = False,
+             scaling_effects: tuple[int, ...] | None = None) -> int:
     """Run every cell of a grid, then write the markdown report (``<out>/report.md``).
 
     Locally a failing cell does not stop the others: its traceback goes to its ``error.txt``,
@@ -166,7 +182,10 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
     """
     import traceback
 
-    cells = GRIDS.get(name)(base)
+    grid = GRIDS.get(name)
+    if scaling_effects and name not in ("scaling", "paper"):
+        raise ValueError(f"--scaling-effects applies to --grid scaling or paper, not {name!r}")
+    cells = grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
     if executor != "local":
         from slurm.dispatch import run_cli
         from slurm.executors import SlurmConfig
@@ -242,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.grid:
         return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
-                        executor=args.executor or "local", slurm=slurm, wait=args.wait)
+                        executor=args.executor or "local", slurm=slurm, wait=args.wait,
+                        scaling_effects=_effect_counts(args.scaling_effects))
     if (args.executor or "local") != "local":
         from slurm.dispatch import run_cli
 

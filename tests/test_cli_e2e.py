@@ -27,11 +27,17 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     files = list(out.glob("cells/*/rows.parquet"))
     assert len(files) == 1
     rows = pd.read_parquet(files[0])
-    synthetic = {"gt_psnr", "gt_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn"}
+    synthetic = {"gt_mode_psnr", "gt_mode_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn"}
+    distribution = {"mode_blur", "mode_coverage", "diversity_ratio", "texture_energy"}
     real = {"clip", "dreamsim", "dino", "vsa", "editreward", "bcr"}
-    assert set(rows["metric"]) == synthetic | real | {"nfe"}
+    assert set(rows["metric"]) == synthetic | distribution | real | {"nfe"}
     assert rows["effect"].nunique() == 3
     assert (rows.loc[rows.metric.isin(synthetic | {"nfe"}), "status"] == "ok").all()
+    # every test source is sampled eval.draws times; coverage is defined for modes effects only
+    assert set(rows["draw"]) == set(range(4)) and set(rows["sampler"]) == {"euler"}
+    cov = rows[rows.metric == "mode_coverage"]
+    assert (cov.loc[cov.variation == "modes", "status"] == "ok").all()
+    assert (cov.loc[cov.variation == "texture", "status"] == "n/a").all()
     assert set(rows.loc[rows.role != "", "role"]) >= {"CLIP", "DreamSim", "DINO", "VSA", "EditReward", "BCR", "NFE"}
     # offline, no weights: the real metrics finish as "missing" and say why, never a number
     missing = rows[rows.metric.isin(real)]

@@ -48,6 +48,9 @@ def test_scaling_and_deployment_sizes_are_the_papers(synth):
     assert len(scaling) == 5 * 4 and {c.method for c in scaling} == set(PAPER_METHODS)
     dep = GRIDS.get("deployment")(synth)
     assert [c.n_effects for c in dep] == [10, 20, 50, 100, 150]
+    # --scaling-effects 10,20,50: the same study where 100 / 180 effects cost too much
+    short = GRIDS.get("paper")(synth, scaling_effects=(10, 20, 50))
+    assert {c.n_effects for c in short if getattr(c, "method", "") == "fm_all_in_1"} == {10, 20, 50}
     assert all(isinstance(c, DeploymentCell) and c.capacity == 50 for c in dep)
     assert [storage_collections(c.n_effects, c.capacity) for c in dep] == [1, 1, 1, 2, 3]  # the paper's ×2, ×3
 
