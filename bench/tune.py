@@ -9,7 +9,7 @@ several drivers or jobs share it on a network filesystem; a fresh SQLite file is
 
 Examples:
   python -m bench.tune --preset smoke --trials 8 --parallel 2
-  python -m bench.tune --preset smoke --metric gt_mae --direction minimize --space p_switch,lr
+  python -m bench.tune --preset smoke --metric gt_mode_mae --direction minimize --space p_switch,lr
   python -m bench.tune --executor slurm --trials 32 --parallel 8 slurm.partition=gpu slurm.gpus_per_node=1
   python -m bench.tune --report runs/tune                    # table + plot of an existing study
 """
@@ -91,25 +91,20 @@ class _IntermediateScores(TrainerCallback):
     def _score(self, trainer) -> float:  # noqa: ANN001
         import torch
 
+        from bench.evaluate import effect_batch
         from methods.distill import edit_with
         from methods.dmd import STUDENT
-        from metrics import EvalBatch
 
         ws, s, scores = self.ws, self.ws.cfg.sampling, []
         for effect in ws.bench.effects:
             tests = ws.bench.test_rows(effect.lora_name)[: self.limit]
             sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
-            targets = (ws.images([t.target_image for t in tests], [t.origin for t in tests])
-                       if all(t.target_image is not None for t in tests) else None)
-            template = ws.bench.templates_for(effect.lora_name)[0]
-            reference = ws.images([template.template_result], [template.origin])
             gen = torch.Generator().manual_seed(ws.cfg.seed)
             prompt = self.prompt_of(effect)
             images, _ = edit_with(trainer.bb, trainer.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
                                   shift=s.shift, cfg_scale=1.0, generator=gen, sampler=trainer.sampler)
-            batch = EvalBatch(images.cpu(), sources, [prompt] * len(tests), targets,
-                              reference.expand(len(tests), -1, -1, -1))
-            scores += self.metric.score(batch)
+            # the evaluation's own batch (one draw per source): mode-aware metrics work here too
+            scores += self.metric.score(effect_batch(ws, effect, tests, images.cpu(), draws=1))
         trainer.bank.activate()
         return float(sum(scores) / len(scores))
 
@@ -345,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
     p.add_argument("--seed", type=int, default=None, help="training/sampling seed of every trial")
-    p.add_argument("--metric", default="gt_psnr", help="objective: mean of this metric's rows (default gt_psnr)")
+    p.add_argument("--metric", default="gt_mode_psnr", help="objective: mean of this metric's rows (default gt_mode_psnr)")
     p.add_argument("--direction", choices=["maximize", "minimize"], default=None,
                    help="default: from the metric's higher_is_better")
     p.add_argument("--space", default="p_switch,tafm_weight,ts_weight,rank,lr",

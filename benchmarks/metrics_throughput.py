@@ -29,7 +29,7 @@ from metrics import METRICS, EvalBatch, MetricUnavailable  # noqa: E402
 from metrics.cache import MetricCache, forward_counts, reset_counts  # noqa: E402
 
 REAL = ("clip", "dino", "dreamsim", "vsa", "bcr", "editreward")
-SYNTHETIC = ("gt_psnr", "gt_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn")
+SYNTHETIC = ("gt_mode_psnr", "gt_mode_mae", "src_ssim", "vsa_syn", "editreward_syn", "bcr_syn")
 
 
 def make_batch(n: int, size: int, seed: int = 0) -> EvalBatch:

@@ -92,5 +92,5 @@ def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, caps
     for t in study.trials:
         assert sorted(t.intermediate_values) == [2, 4]      # DMD checkpoints at steps 2 and 4
         rows = pd.read_parquet(out / "cells" / t.user_attrs["cell"] / "rows.parquet")
-        assert t.value == pytest.approx(metric_mean(rows, "gt_psnr"))
+        assert t.value == pytest.approx(metric_mean(rows, "gt_mode_psnr"))  # the default objective
     assert (out / "tune.png").exists() and "Best: trial" in capsys.readouterr().out
