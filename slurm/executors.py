@@ -76,11 +76,15 @@ def slurm_parameters(cfg: SlurmConfig, *, job_name: str, dependency: str | None 
         params["mem"] = f"{max(1, round(cfg.mem_gb * 1024))}MB"
     if cfg.setup:
         params["setup"] = list(cfg.setup)
+    # Every job asks to be requeued (preemption, node failure): submitit's own requeue on USR2
+    # uses scontrol requeue, which clusters with JobRequeue=0 refuse unless the job asked for it.
+    extra: dict[str, Any] = {"requeue": True}
     if dependency:
         params["dependency"] = dependency
         # A dependency that can never be satisfied (a stage before failed) cancels the job at
         # once instead of leaving it pending forever; --status shows it, --resubmit-failed retries.
-        params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
+        extra["kill-on-invalid-dep"] = "yes"
+    params["additional_parameters"] = extra
     return params
 
 

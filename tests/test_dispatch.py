@@ -73,7 +73,7 @@ def test_sbatch_script_carries_resources_array_and_dependency(tmp_path: Path) ->
                                **slurm_parameters(cfg, job_name="bench-cells", dependency="afterok:11:12"))
     for line in ["--partition=gpu", "--time=30", "--gpus-per-node=2", "--cpus-per-task=8", "--mem=16384MB",
                  "--account=acc", "--qos=high", "--constraint=h100", "--array=0-7%3",
-                 "--dependency=afterok:11:12", "--kill-on-invalid-dep=yes", "--signal=USR2@90"]:
+                 "--dependency=afterok:11:12", "--kill-on-invalid-dep=yes", "--signal=USR2@90", "--requeue"]:
         assert f"#SBATCH {line}\n" in text, line
     assert "module load cuda" in text
     report = slurm_parameters(cfg, job_name="bench-report", cpu_only=True)
