@@ -271,6 +271,39 @@ def _parse(raw: str, hint: Any, key: str) -> Any:
     raise ValueError(f"config key {key!r}: unsupported type {hint}")
 
 
+# Valid ranges by field name, in every section (lo, hi, lo_open): a value outside fails when the
+# config is resolved, naming the key, instead of far away (an empty loss file, torch's message).
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "steps": (1, None, False), "batch_size": (1, None, False), "lr": (0, None, True),
+    "critic_lr": (0, None, True), "limit": (1, None, False), "draws": (1, None, False),
+    "rank": (1, None, False), "alpha": (0, None, True), "gen_update_ratio": (1, None, False),
+    "p_switch": (0, 1, False), "uncond_prob": (0, 1, False), "grad_clip": (0, None, True),
+    "base_steps": (1, None, False), "fast_steps": (1, None, False), "base_cfg": (1, None, False),
+    "real_cfg": (1, None, False), "shift": (0, None, True), "image_size": (2, None, False),
+    "n_train_per_effect": (1, None, False), "n_test_per_category": (1, None, False),
+    "n_general": (1, None, False), "n_effects": (1, None, False), "pixel_patch": (2, None, False),
+    "stream_redraw_every": (1, None, False), "ts_last_steps": (1, None, False), "warmup": (0, None, False),
+    "tafm_weight": (0, None, False), "ts_weight": (0, None, False), "checkpoint_every": (1, None, False),
+}
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise ValueError naming the first field (as ``section.field``) outside its valid range."""
+    for f in fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        if f.name not in RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi, lo_open = RANGES[f.name]
+        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+        if bad:
+            span = f"{'>' if lo_open else '>='} {lo}" if hi is None else f"in [{lo}, {hi}]"
+            extra = " (or none: all)" if f.name == "limit" else ""
+            raise ValueError(f"config key {key!r} = {value!r} is out of range: must be {span}{extra}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

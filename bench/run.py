@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cache import ArtifactCache
-from bench.config import PRESETS, RunConfig, apply_overrides, to_json
+from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
 from bench.grids import GRIDS, Cell, describe, is_measurement
 from bench.registry import UnknownNameError, parse_names
 from bench.store import ResultStore, cell_id
@@ -95,6 +95,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.limit is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, limit=args.limit))
     cfg = apply_overrides(cfg, args.overrides)
+    check_ranges(cfg)
     from metrics import METRICS
 
     for name in cfg.eval.metrics:
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                                 slurm=slurm if args.slurm_overrides else None)
             return print_status(args.status)
         cfg = resolve_config(args)
+        scaling_effects = _effect_counts(args.scaling_effects)
     except (UnknownNameError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
                         executor=args.executor or "local", slurm=slurm, wait=args.wait,
-                        scaling_effects=_effect_counts(args.scaling_effects))
+                        scaling_effects=scaling_effects)
     if (args.executor or "local") != "local":
         from slurm.dispatch import run_cli
 

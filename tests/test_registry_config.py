@@ -56,3 +56,17 @@ def test_smoke_is_synth_made_smaller_and_hash_tracks_config():
     assert smoke.pretrain.steps < synth.pretrain.steps
     assert config_hash(smoke) != config_hash(synth)
     assert config_hash(smoke) == config_hash(PRESETS.get("smoke")())
+
+
+def test_presets_are_in_range_and_bad_values_fail_naming_the_key():
+    from bench.config import PRESETS, apply_overrides, check_ranges
+
+    for name in PRESETS.names():
+        check_ranges(PRESETS.get(name)())
+    cfg = PRESETS.get("smoke")()
+    for override, key in (("eval.limit=-1", "eval.limit"), ("distill.steps=0", "distill.steps"),
+                          ("distill.lr=-1", "distill.lr"), ("distill.p_switch=1.5", "distill.p_switch"),
+                          ("eval.draws=0", "eval.draws")):
+        with pytest.raises(ValueError, match=f"'{key}' = .* out of range"):
+            check_ranges(apply_overrides(cfg, [override]))
+    check_ranges(apply_overrides(cfg, ["eval.limit=none"]))  # none: every test source
