@@ -38,6 +38,8 @@ draws' rows, so their mean over rows is their mean over sources; intervals resam
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -112,20 +114,35 @@ def highpass_energy(residual: torch.Tensor) -> torch.Tensor:
     return ((x - lowpass(x)) ** 2).flatten(1).mean(1)
 
 
-def energy_ratio(batch: EvalBatch) -> torch.Tensor:
-    """Per source (repeated on each draw): the draws' high-pass spread around their own mean
-    over its exact expectation (see ``texture_energy``); NaN with one draw or no spread."""
+def per_source_ratio(batch: EvalBatch, expected: torch.Tensor | None,
+                     spread: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per test source, repeated on each of its draws: ``spread(draws) / expected``; NaN where a
+    source has one draw or the exact expectation is ~0 (no spread to compare with)."""
     out = torch.full((len(batch),), float("nan"), dtype=torch.float64)
-    if batch.expected_energy is None:
+    if expected is None:
         return out
     for idx in _groups(batch):
-        ref = float(batch.expected_energy[idx[0]])
-        if len(idx) < 2 or ref <= 1e-8:
-            continue
-        r = batch.results[idx].double()
-        spread = highpass_energy(r - r.mean(0, keepdim=True)).sum() / (len(idx) - 1)
-        out[idx] = float(spread) / ref
+        ref = float(expected[idx[0]])
+        if len(idx) >= 2 and ref > 1e-8:
+            out[idx] = float(spread(batch.results[idx].double())) / ref
     return out
+
+
+def _texture_spread(r: torch.Tensor) -> torch.Tensor:
+    """sum_i H(r_i - mean) / (S - 1): unbiased, E = E H(y - m) for exact independent draws."""
+    return highpass_energy(r - r.mean(0, keepdim=True)).sum() / (len(r) - 1)
+
+
+def _pairwise_mae(r: torch.Tensor) -> torch.Tensor:
+    x = r.flatten(1)
+    n = len(x)
+    return (x[:, None] - x[None]).abs().mean(2).sum() / (n * (n - 1))
+
+
+def energy_ratio(batch: EvalBatch) -> torch.Tensor:
+    """The draws' high-pass spread around their own mean over its exact expectation, per source
+    (see ``texture_energy``)."""
+    return per_source_ratio(batch, batch.expected_energy, _texture_spread)
 
 
 def blurred(batch: EvalBatch) -> torch.Tensor:
@@ -216,15 +233,4 @@ class DiversityRatio(_Exact):
                                   "0 collapse)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
-        out = torch.full((len(batch),), float("nan"), dtype=torch.float64)
-        if batch.expected_pairwise is None:
-            return out
-        for idx in _groups(batch):
-            ref = float(batch.expected_pairwise[idx[0]])
-            if len(idx) < 2 or ref <= 1e-8:
-                continue
-            x = batch.results[idx].double().flatten(1)
-            d = (x[:, None] - x[None]).abs().mean(2)
-            n = len(idx)
-            out[idx] = float(d.sum() / (n * (n - 1))) / ref
-        return out
+        return per_source_ratio(batch, batch.expected_pairwise, _pairwise_mae)
