@@ -222,9 +222,24 @@ def means_table(rows: pd.DataFrame, index: tuple[str, ...] = ("method", "ablatio
     # "n/a": not defined for that effect (coverage of a texture) -- not a missing measurement
     missing = rows[~rows["status"].isin(["ok", "n/a"])].drop_duplicates("metric")
     text = shown.reset_index().to_markdown(index=False)
-    for _, r in missing.iterrows():
-        text += f"\n\n_{r['metric']}: missing — {r['note']}_"
+    if len(missing):
+        text += "\n\n" + missing_summary(missing)
     return text
+
+
+def missing_summary(missing: pd.DataFrame) -> str:
+    """One short line per missing metric (what is missing, the setting that provides it); the
+    full reasons stay in the rows' ``note`` and the report."""
+    import re
+
+    lines = ["| missing metric | what is missing | provide it with |", "|---|---|---|"]
+    for _, r in missing.iterrows():
+        note = str(r["note"])
+        what = re.split(r" \(looked in| in /|: set |; |\. To provide", note)[0].strip()
+        setting = re.search(r"BENCH_[A-Z_]+", note)
+        lines.append(f"| {r['metric']} | {what[:90]} | {'`' + setting.group(0) + '`' if setting else '—'} |")
+    return "\n".join(lines) + ("\n\n_Full reasons: the rows' `note` column and the report "
+                                "(`python -m bench.report RUN_DIR`)._")
 
 
 # ----------------------------------------------------------------------------------------------
