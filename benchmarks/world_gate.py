@@ -8,7 +8,10 @@ CFG 4, the Base setting), and prints with 95 % intervals (cluster bootstrap over
   (1 is an exact draw's energy; the few-step average is below 1);
 * ``mode_blur``, ``mode_coverage`` (modes) and ``diversity_ratio`` at each NFE.
 
-Each effect is marked by what it can test:
+Each effect is marked by what it can test, and only once its teacher has **learned** it: at 8,
+40 or 80 NFE the teacher's ``gt_mode_mae`` is significantly below that of returning the source
+unchanged and (modes) of returning the mode mean -- an effect its teacher cannot do tells the
+methods nothing, however its samples are spread. Then:
 
 * ``few-step gap`` -- 40 or 80 NFE significantly better than 8 NFE (paired bootstrap over the
   test sources; for textures "better" is |log texture_energy| smaller), so distilling few-step
@@ -66,30 +69,47 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
     out: dict = {"effect": effect.lora_name, "family": effect.family, "kind": kind, "n_sources": len(tests),
                  "draws": draws, "nfe": {}}
     fidelity = TextureEnergy() if kind == "texture" else ModeMAE()
+    # what doing nothing, or returning the average of the effect's outputs, scores
+    plain = effect_batch(ws, effect, tests, ws.images([t.source_image for t in tests]), 1)
+    out["source_mae"] = per_source(ModeMAE().score(plain), 1)
+    if plain.mode_means is not None and kind == "modes":
+        out["mean_mae"] = per_source(ModeMAE().score(effect_batch(ws, effect, tests, plain.mode_means.float(), 1)), 1)
     for steps, scale in settings(cfg):
         gen = torch.Generator().manual_seed(cfg.seed)
         images, nfe = edit_with(bb, bank, (effect.lora_name,), sources, effect.prompt, steps=steps,
                                 shift=cfg.sampling.shift, cfg_scale=scale, generator=gen, sampler="euler")
         batch = effect_batch(ws, effect, tests, images, draws)
         col = {name: per_source(m.score(batch), draws) for name, m in
-               (("fidelity", fidelity), ("mode_blur", ModeBlur()), ("mode_coverage", ModeCoverage()),
-                ("diversity_ratio", DiversityRatio()))}
+               (("fidelity", fidelity), ("gt_mode_mae", ModeMAE()), ("mode_blur", ModeBlur()),
+                ("mode_coverage", ModeCoverage()), ("diversity_ratio", DiversityRatio()))}
         out["nfe"][nfe] = col
     return out
 
 
+def learned_at(res: dict) -> list[int]:
+    """NFEs (8 and up) at which the teacher's gt_mode_mae is significantly below the source's
+    and (modes) the mode mean's."""
+    baselines = [res["source_mae"]] + ([res["mean_mae"]] if "mean_mae" in res else [])
+    return [n for n in sorted(res["nfe"])[1:]
+            if all(significantly(paired_difference(res["nfe"][n]["gt_mode_mae"], b), higher_is_better=False)
+                   for b in baselines)]
+
+
 def verdict(res: dict) -> tuple[bool, bool]:
-    """(tests the few-step gap, tests coverage)."""
+    """(tests the few-step gap, tests coverage); both need a teacher that learned the effect."""
     cols, texture = res["nfe"], res["kind"] == "texture"
     nfes = sorted(cols)
     fast, slow = nfes[1], nfes[2:]
+    learned = learned_at(res)
+    if not learned:
+        return False, False
 
     def distance(s: pd.Series) -> pd.Series:  # lower is better
         return np.abs(np.log(s.clip(lower=1e-6))) if texture else s
 
     gap = any(significantly(paired_difference(distance(cols[n]["fidelity"]), distance(cols[fast]["fidelity"])),
                             higher_is_better=False) for n in slow)
-    coverage = res["kind"] == "modes" and max(float(cols[n]["mode_coverage"].mean()) for n in nfes[1:]) >= COVERAGE_BAR
+    coverage = res["kind"] == "modes" and max(float(cols[n]["mode_coverage"].mean()) for n in learned) >= COVERAGE_BAR
     return gap, coverage
 
 
@@ -122,12 +142,17 @@ def main() -> None:
             vals = [bootstrap_ci(col[name]) for _, col in sorted(res["nfe"].items())]
             extra.append(" / ".join("—" if np.isnan(v.mean) else f"{v.mean:.2f}" for v in vals))
         metric = "texture_energy" if res["kind"] == "texture" else "gt_mode_mae"
+        maes = " / ".join(f"{float(col['gt_mode_mae'].mean()):.3f}" for _, col in sorted(res["nfe"].items()))
+        base = f"{float(res['source_mae'].mean()):.3f}" + (f" / {float(res['mean_mae'].mean()):.3f}"
+                                                           if "mean_mae" in res else "")
+        learned = ", ".join(map(str, learned_at(res))) or "no"
         lines.append(f"| {res['effect']} | {res['kind']} | {metric} | " + " | ".join(cells) + " | "
-                     + " | ".join(extra) + f" | {', '.join(res['tests'])} |")
+                     + " | ".join(extra) + f" | {maes} | {base} | {learned} | {', '.join(res['tests'])} |")
         print(lines[-1], flush=True)
     nfes = sorted(results[0]["nfe"]) if results else []
     head = ("| effect | kind | fidelity | " + " | ".join(f"{n} NFE" for n in nfes)
-            + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | tests |")
+            + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | gt_mode_mae | source / mode mean "
+            "| learned at NFE | tests |")
     print(f"\nWorld gate, preset {cfg.preset}, {len(results)} effects, {results[0]['n_sources'] if results else 0} "
           f"test sources x {cfg.eval.draws} draws each; 95 % bootstrap intervals over test sources:\n")
     print(head)
@@ -138,7 +163,8 @@ def main() -> None:
           f"coverage, {counts['neither']} test neither ({time.perf_counter() - t0:.0f} s).")
     if args.json:
         def plain(r: dict) -> dict:
-            return {**r, "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in r["nfe"].items()}}
+            return {**{k: (v.tolist() if isinstance(v, pd.Series) else v) for k, v in r.items()},
+                    "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in r["nfe"].items()}}
         with open(args.json, "w") as f:
             json.dump({"preset": cfg.preset, "counts": counts, "effects": [plain(r) for r in results]}, f, indent=1)
 
