@@ -29,6 +29,7 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,7 @@ def main() -> None:
         def plain(r: dict) -> dict:
             return {**{k: (v.tolist() if isinstance(v, pd.Series) else v) for k, v in r.items()},
                     "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in r["nfe"].items()}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
         with open(args.json, "w") as f:
             json.dump({"preset": cfg.preset, "counts": counts, "effects": [plain(r) for r in results]}, f, indent=1)
 
