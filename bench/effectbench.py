@@ -209,6 +209,12 @@ class EffectSpec(_RowMixin):
     origin: str = ""
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    @property
+    def variation_kind(self) -> str:
+        """"modes", "texture" or "deterministic", from the manifest's optional ``variation``."""
+        variation = self.extra.get("variation")
+        return variation.get("kind", "deterministic") if isinstance(variation, dict) else "deterministic"
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainRow(_RowMixin):

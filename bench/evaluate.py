@@ -53,7 +53,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
         n = len(sources)
         batch = effect_batch(ws, effect, tests, result, draws)
         base = {**ident, "effect": effect.lora_name, "family": effect.family or "",
-                "category": effect.data_type, "variation": _variation_kind(effect), "sampler": sampler or ""}
+                "category": effect.data_type, "variation": effect.variation_kind, "sampler": sampler or ""}
         for m in metrics:
             try:
                 scores = m.score(batch)
@@ -80,12 +80,6 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             for j in range(1, draws):
                 save_image(image_dir / effect.lora_name / f"00_draw{j}.png", result[j].permute(1, 2, 0).numpy())
     return pd.DataFrame.from_records(records)
-
-
-def _variation_kind(effect) -> str:
-    """"modes", "texture" or "deterministic", from the manifest's ``variation`` field."""
-    variation = effect.extra.get("variation") if effect.extra else None
-    return variation.get("kind", "deterministic") if isinstance(variation, dict) else "deterministic"
 
 
 def effect_batch(ws: Workspace, effect, tests, results: torch.Tensor, draws: int) -> EvalBatch:

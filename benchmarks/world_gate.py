@@ -64,7 +64,7 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
     cfg = ws.cfg
     draws = cfg.eval.draws
     tests = ws.bench.test_rows(effect.lora_name)[: cfg.eval.limit]
-    kind = (effect.extra.get("variation") or {}).get("kind", "deterministic")
+    kind = effect.variation_kind
     bank.add_teacher(effect.lora_name, ws.teacher_dir(effect, bb))
     sources = ws.images([t.source_image for t in tests]).repeat_interleave(draws, 0)
     out: dict = {"effect": effect.lora_name, "family": effect.family, "kind": kind, "n_sources": len(tests),

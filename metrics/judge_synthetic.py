@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from metrics import EvalBatch, Metric, MetricInfo
-from metrics.modes import blurred, energy_ratio, kind, mode_error, nearest_mode
+from metrics.modes import blurred, energy_ratio, kind, mode_error, nearest_mode, need_ground_truth
 
 EFFECT_FLOOR = 0.02    # MAE below which an effect counts as this small when normalising errors
 STRUCT_FLOOR = 0.05    # the exact effect keeps less detail than this: no identity signal, keep = 1
@@ -98,10 +98,7 @@ class _Judge(Metric):
     """Reads the whole batch of one effect at once (nearest modes need the whole variant set)."""
 
     def score(self, batch: EvalBatch) -> list[float]:
-        if batch.targets is None and batch.mode_means is None:
-            from metrics import MetricUnavailable
-
-            raise MetricUnavailable(f"{self.info.name} needs the effect's exact ground truth (synthetic world)")
+        need_ground_truth(batch, self.info.name)
         return self._score(batch).double().tolist()
 
 

@@ -41,9 +41,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
 
-from metrics import EvalBatch, Metric, MetricInfo
+from metrics import EvalBatch, Metric, MetricInfo, MetricUnavailable
 
 BLUR_SIGMA = 1.0          # px: the low-pass that separates a texture's structure from its grain
 BLUR_ENERGY = 0.5         # a texture result with less than this share of the exact energy is "blurred"
@@ -58,16 +58,9 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def lowpass(x: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    """Per-channel Gaussian blur with reflect padding (torchvision's gaussian_blur would do the
-    same but needs an odd kernel size per call; this is the one line of it needed here)."""
-    r = max(1, round(2 * sigma))
-    coords = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = x.shape[1]
-    x = F.pad(x, [r, r, r, r], mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    """Per-channel Gaussian blur (kernel 2 * round(2 sigma) + 1, reflect padding)."""
+    k = 2 * max(1, round(2 * sigma)) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
 
 
 def kind(batch: EvalBatch) -> str:
@@ -79,10 +72,8 @@ def kind(batch: EvalBatch) -> str:
     return "target"
 
 
-def _need(batch: EvalBatch, name: str) -> None:
+def need_ground_truth(batch: EvalBatch, name: str) -> None:
     if batch.targets is None and batch.mode_means is None:
-        from metrics import MetricUnavailable
-
         raise MetricUnavailable(f"{name} needs the effect's exact ground truth (synthetic world), which "
                                 "this dataset does not have")
 
@@ -167,7 +158,7 @@ class _Exact(Metric):
     """Mode-aware metrics read the whole batch of one effect at once (groups must not be split)."""
 
     def score(self, batch: EvalBatch) -> list[float]:
-        _need(batch, self.info.name)
+        need_ground_truth(batch, self.info.name)
         return self._score(batch).double().tolist()
 
 
