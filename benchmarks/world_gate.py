@@ -20,7 +20,8 @@ methods nothing, however its samples are spread. Then:
   coverage (CFG 4 lowers it in this world), so a student's mode collapse is visible;
 * ``neither`` -- such an effect tells the methods nothing and does not belong in a method grid.
 
-    python benchmarks/world_gate.py [--preset synth] [--effects N] [--json gate.json] [key=value ...]
+    python benchmarks/world_gate.py [--preset synth] [--effects N | --only A,B | --every K]
+                                    [--json gate.json] [key=value ...]
 """
 
 from __future__ import annotations
@@ -114,10 +115,23 @@ def verdict(res: dict) -> tuple[bool, bool]:
     return gap, coverage
 
 
+def chosen(ws: Workspace, only: str | None, every: int | None) -> tuple:
+    """The effects to gate: the run's first ``n_effects``, or named / every K-th of the catalogue."""
+    if only:
+        return ws.full_bench.select(names=[n.strip() for n in only.split(",") if n.strip()]).effects
+    if every:
+        return ws.full_bench.effects[::every]
+    return ws.bench.effects
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="synth")
     ap.add_argument("--effects", type=int, default=None, help="first N effects of the catalogue (default: the preset's)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated effect names: gate just these (from the whole catalogue)")
+    ap.add_argument("--every", type=int, default=None,
+                    help="every K-th effect of the whole catalogue (a spread sample of its families and kinds)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None, help="also write the per-effect figures and verdicts here")
     ap.add_argument("overrides", nargs="*")
@@ -130,7 +144,7 @@ def main() -> None:
     bb = ws.load_backbone()
     bank = AdapterBank(bb.transformer)
     results, lines = [], []
-    for effect in ws.bench.effects:
+    for effect in chosen(ws, args.only, args.every):
         res = gate_effect(ws, bank, bb, effect)
         gap, cov = verdict(res)
         res["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
