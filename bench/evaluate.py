@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from bench.effectbench import save_image
+from bench.progress import progress
 from bench.workspace import Workspace
 from methods import Method
 from metrics import EvalBatch, Metric, MetricUnavailable
@@ -32,7 +32,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
     }
     records: list[dict] = []
     draws = cfg.eval.draws
-    for effect in tqdm(ws.bench.effects, desc=f"eval {method.name}", leave=False, disable=None):
+    for effect in progress(ws.bench.effects, desc=f"eval {method.name}"):
         tests = ws.bench.test_rows(effect.lora_name)
         if cfg.eval.limit is not None:
             tests = tests[: cfg.eval.limit]

@@ -11,10 +11,12 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from bench.errors import BenchError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(BenchError, KeyError):
     """An unknown registry name; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the message

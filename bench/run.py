@@ -25,9 +25,11 @@ import pandas as pd
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
+from bench.errors import KNOWN_ERRORS
 from bench.grids import GRIDS, Cell, describe, is_measurement
 from bench.registry import UnknownNameError, parse_names
 from bench.store import ResultStore, cell_id
+from bench.threads import set_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs and print the status")
     p.add_argument("--status", default=None, metavar="RUN_DIR", help="show each cell's job and store state and exit")
     p.add_argument("--resubmit-failed", action="store_true", help="with --status: resubmit the failed cells alone")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: OMP_NUM_THREADS, else the cores idle at start; bench/threads.py)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of known errors too")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. teacher.steps=300; slurm.<field>=value sets job resources")
     return p
@@ -119,6 +124,10 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
 
     store = ResultStore(out)
     cid = cell_id(cell)
+    if not is_measurement(cell):  # every missing input at once, before anything is written or trained
+        from bench.workspace import Workspace
+
+        Workspace(cell, cache).check_inputs()
     if store.is_done(cid) and not force:
         print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
         return store.read_cell(cid)
@@ -236,9 +245,33 @@ def _write_report(out: Path, cache: ArtifactCache) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. A known error (bench/errors.py) is one ``error:`` line and exit status 1
+    (``--debug``: the traceback); Ctrl-C says what is kept and how to go on."""
     args = build_parser().parse_intermixed_args(argv)
     if args.list:
         return list_names(args.list)
+    try:
+        return _main(args)
+    except KNOWN_ERRORS as err:
+        if args.debug:
+            raise
+        usage = isinstance(err, UsageError)
+        text = str(err)
+        hint = "" if usage or "\n" in text else "  (--debug: traceback)"
+        print(f"error: {text}{hint}", file=sys.stderr)
+        return 2 if usage else 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. Finished artifacts stay in the cache ({ArtifactCache(args.cache).root}) and "
+              f"finished cells in {args.out}; training resumes from its last checkpoint. Run the same "
+              "command again to go on.", file=sys.stderr)
+        return 130
+
+
+class UsageError(ValueError):
+    """A bad command line or config value: exit status 2, like argparse's."""
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         slurm = _slurm_config(args)  # takes the slurm.* overrides out of args.overrides
         if args.status:
@@ -250,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             return print_status(args.status)
         cfg = resolve_config(args)
         scaling_effects = _effect_counts(args.scaling_effects)
+        print(set_threads(args.threads), flush=True)
     except (UnknownNameError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     from methods import distributed
     from reports.tables import means_table
 

@@ -16,7 +16,8 @@ import torch
 
 from bench.cache import ArtifactCache
 from bench.config import RunConfig, config_hash, to_dict
-from bench.effectbench import EffectBench, EffectSpec, load_effectbench, load_image
+from bench.effectbench import EffectBench, EffectBenchError, EffectSpec, load_effectbench, load_image
+from bench.errors import MissingInputsError
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs
 
@@ -33,7 +34,8 @@ class Workspace:
         world = self.cfg.world
         if world.kind == "effectbench":
             if not world.root:
-                raise ValueError("world.kind=effectbench needs world.root=PATH to an EffectBench directory")
+                raise MissingInputsError(["world.kind=effectbench needs world.root=PATH (or --effects PATH) to an "
+                                          "EffectBench directory"])
             return Path(world.root)
         if world.kind != "synthetic":
             raise ValueError(f"unknown world.kind {world.kind!r}; valid: synthetic, effectbench")
@@ -42,6 +44,32 @@ class Workspace:
         key = config_hash(world)
         return self.cache.get_or_build("world", key, lambda d: build_world(d, world),
                                        config=to_dict(world), label=f"synthetic EffectBench {key}")
+
+    def check_inputs(self) -> None:
+        """Raise :class:`MissingInputsError` listing every input this run needs and does not
+        have -- the dataset, the backbone's weights, a teacher for each effect -- at once and
+        before any work starts (file checks only), each with how to obtain it."""
+        problems: list[str] = []
+        world, bench = self.cfg.world, None
+        if world.kind == "effectbench" and not world.root:
+            problems.append("dataset: world.kind=effectbench needs an EffectBench directory: give world.root=PATH "
+                            "or --effects PATH (effects.jsonl, train.jsonl, test.jsonl and their images; the "
+                            "format is in bench/effectbench.py)")
+        elif world.kind == "effectbench" and not Path(world.root).is_dir():
+            problems.append(f"dataset: world.root {world.root}: no such directory")
+        else:
+            try:
+                bench = self.bench
+            except EffectBenchError as err:
+                problems.append(f"dataset: {err}")
+        problems += [f"backbone weights: {p}" for p in BACKBONES.get(self.cfg.backbone.kind).missing_weights(self.cfg.backbone)]
+        if bench is not None:
+            for effect in bench.effects:
+                if effect.lora_path is None and not any(r.target_image for r in self.full_bench.train_rows(effect.lora_name)):
+                    problems.append(f"teacher of {effect.lora_name}: no lora_path in effects.jsonl and no train rows "
+                                    "with target_image to train one on; add either")
+        if problems:
+            raise MissingInputsError(problems)
 
     @cached_property
     def full_bench(self) -> EffectBench:

@@ -26,12 +26,13 @@ import torch
 from diffusers import QwenImagePipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from bench.errors import BenchError
 from methods.lora import WEIGHT_NAME, load_lora
 
 _KEY = re.compile(r"^(?:transformer\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 
-class LoraMismatchError(ValueError):
+class LoraMismatchError(BenchError, ValueError):
     """A LoRA that does not fit the backbone or the bank."""
 
 

@@ -226,6 +226,7 @@ def train_lora_distributed(backbone: Backbone, sources: torch.Tensor, targets: t
 def main(argv: list[str] | None = None) -> int:
     from bench.cache import ArtifactCache
     from bench.config import PRESETS, LoraTrainConfig, apply_overrides
+    from bench.threads import set_threads
     from bench.workspace import Workspace
     from methods.lora import add_lora, save_lora
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     env = init()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))
+    set_threads(share=env.world_size)
     cfg = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
     ws = Workspace(cfg, ArtifactCache(args.cache, verbose=env.is_main))
     if env.world_size > 1:  # rank 0 builds the shared artifacts; the others wait, then load them

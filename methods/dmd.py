@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
 
 from bench.config import DistillConfig, LoraTrainConfig
+from bench.progress import progress
 from methods.adapters import AdapterBank
 from methods.backbones import Backbone, TextCondition
 from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
@@ -320,7 +320,7 @@ class DMDTrainer:
     # -- loop, checkpoints ------------------------------------------------------------------------
     def train(self) -> list[dict]:
         self._resume()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, leave=False, disable=None)
+        bar = progress(total=self.cfg.steps, initial=self.step, desc=self.desc)
         while self.step < self.cfg.steps:
             log = self.train_step()
             self.history.append(log)

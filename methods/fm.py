@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
+from bench.errors import BenchError
+from bench.progress import progress
 from methods.backbones import Backbone
 from methods.flow import add_noise, fm_loss, sample_training_sigmas
 
@@ -50,8 +51,8 @@ class FMSettings:
     weight_decay: float = 1e-4
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(BenchError, FloatingPointError):
+    """A loss went NaN / inf: training stopped, nothing was published."""
 
 
 def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettings, *, seed: int,
@@ -73,7 +74,7 @@ def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettin
     gen = torch.Generator().manual_seed(seed)
     backbone.transformer.train()
     losses: list[float] = []
-    bar = tqdm(range(settings.steps), desc=desc, leave=False, disable=None)
+    bar = progress(range(settings.steps), desc=desc)
     for step in bar:
         idx = torch.randint(len(pairs.prompts), (settings.batch_size,), generator=gen)
         drop = torch.rand(settings.batch_size, generator=gen) < settings.uncond_prob

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.errors import BenchError
+
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LAYOUTS = ("diffusers", "peft", "kohya", "comfyui", "plain")
 
@@ -65,7 +67,7 @@ _UNSUPPORTED = {".diff": "full weight difference", ".diff_b": "bias difference",
                 ".lora_magnitude_vector": "DoRA"}
 
 
-class LoraFormatError(ValueError):
+class LoraFormatError(BenchError, ValueError):
     """A LoRA file that cannot be converted or does not fit the transformer."""
 
 

@@ -39,6 +39,7 @@ import time
 import traceback
 import types
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ import submitit
 from bench.cache import ArtifactCache
 from bench.config import RunConfig, config_hash
 from bench.grids import Cell, DeploymentCell, describe, is_measurement
+from bench.progress import log_interval
 from bench.store import ResultStore, cell_id
 from slurm.executors import SlurmConfig, check_kind, make_executor
 
@@ -120,12 +122,10 @@ def load_cell(path: str | Path) -> Cell:
 
 
 def _job_threads() -> None:
-    """Use the cores SLURM gave the job (the dev cluster does not bind CPUs)."""
-    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if n > 0:
-        import torch
+    """The cores SLURM gave the job, unless the user chose (bench/threads.py)."""
+    from bench.threads import set_threads
 
-        torch.set_num_threads(n)
+    print(set_threads(), flush=True)
 
 
 def _job_setup() -> None:
@@ -346,10 +346,16 @@ class Submission:
         from slurm.status import cell_status, record_job_states
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        started = last_line = time.monotonic()
         while True:
             states = record_job_states(self.record)
             if not any(s.active for s in states.values()):
                 break
+            if log_interval() > 0 and time.monotonic() - last_line >= log_interval():
+                last_line = time.monotonic()  # a line where a silent wait would leave the log empty
+                counts = Counter(s.state for s in states.values())
+                print(f"[dispatch] waiting {last_line - started:.0f}s: "
+                      + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())), flush=True)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"submission {self.record_path.name} still running after {timeout_s}s")
             time.sleep(poll_s)

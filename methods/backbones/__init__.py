@@ -54,6 +54,12 @@ class Backbone(ABC):
         # Transformer forward passes per image, counted on every call (CFG counts twice).
         self.nfe = 0
 
+    @classmethod
+    def missing_weights(cls, cfg) -> list[str]:  # noqa: ANN001 -- a BackboneConfig
+        """What :meth:`load` would not find, each with how to obtain it (file checks only, in
+        seconds; nothing is loaded). Backbones built by the harness need nothing."""
+        return []
+
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [0,1] -> packed latents (B, N, C)."""

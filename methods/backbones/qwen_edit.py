@@ -51,6 +51,7 @@ from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
 from bench.config import QWEN_LORA_TARGETS, BackboneConfig, RunConfig
+from bench.errors import BenchError
 from methods.backbones import Backbone, TextCondition
 from methods.backbones.prompt_cache import (
     PromptCache,
@@ -78,7 +79,7 @@ _REQUIRED: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
 COMPONENTS = tuple(_REQUIRED)
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(BenchError, FileNotFoundError):
     """A model directory, or a component inside it, is not on disk."""
 
 
@@ -189,6 +190,15 @@ class QwenEditBackbone(Backbone):
             self.transformer.enable_gradient_checkpointing()
         self.prompt_cache = resolve_prompt_cache(prompt_cache)
         self._opened_prompt_cache: PromptCache | None = None
+
+    @classmethod
+    def missing_weights(cls, cfg: BackboneConfig) -> list[str]:
+        variant = getattr(cfg, "variant", "edit-plus")
+        try:
+            check_model_dir(resolve_model_dir(getattr(cfg, "path", None), variant), variant)
+        except MissingWeightsError as err:
+            return [str(err)]
+        return []
 
     @classmethod
     def load(cls, cfg: BackboneConfig, path: str | os.PathLike | None = None, *,
