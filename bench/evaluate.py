@@ -15,7 +15,7 @@ from bench.effectbench import save_image
 from bench.progress import progress
 from bench.workspace import Workspace
 from methods import Method
-from metrics import EvalBatch, Metric, MetricUnavailable
+from metrics import EvalBatch, Metric, MetricUnavailable, SampleScores
 
 SAVED_IMAGES_PER_EFFECT = 4  # result PNGs kept per effect for qualitative grids
 
@@ -56,14 +56,12 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
                 "category": effect.data_type, "variation": effect.variation_kind, "sampler": sampler or ""}
         for m in metrics:
             try:
-                scores = m.score(batch)
-                # judges mark unparsable answers per sample; they are counted, never defaulted
-                statuses = list(getattr(m, "sample_status", None) or ["ok"] * n)
-                notes = list(getattr(m, "sample_notes", None) or [""] * n)
+                # judges mark unparsable or unanswered samples one by one; counted, never defaulted
+                scored = m.score_samples(batch)
             except MetricUnavailable as err:
-                scores, statuses, notes = [float("nan")] * n, ["missing"] * n, [str(err)] * n
-            for i, value in enumerate(scores):
-                status, note = statuses[i], notes[i]
+                scored = SampleScores([float("nan")] * n, ["missing"] * n, [str(err)] * n)
+            for i, value in enumerate(scored.values):
+                status, note = scored.status[i], scored.notes[i]
                 if status == "ok" and math.isnan(value):  # e.g. mode coverage of a texture effect
                     status, note = "n/a", f"{m.info.name} is not defined for a {base['variation']} effect"
                 records.append({**base, "sample": i // draws, "draw": i % draws, "metric": m.info.name,

@@ -9,10 +9,12 @@ instructions.
 * ``embedding``  nearest neighbour of a weight-free text embedding (hashed word + character
                  n-gram TF-IDF, cosine) over each effect's instruction, description and name.
 * ``mllm``       an (M)LLM behind an OpenAI-compatible ``/chat/completions`` endpoint picks the
-                 effect from the list (``BENCH_ROUTER_URL``, ``BENCH_ROUTER_MODEL``; a key, if
-                 needed, is read at request time from the variable *named* by
-                 ``BENCH_ROUTER_API_KEY_ENV``). No endpoint: :class:`RouterUnavailable`, reported
-                 as "missing" with the reason, never a made-up number.
+                 effect from the list (``BENCH_ROUTER_URL``, ``BENCH_ROUTER_MODEL``,
+                 ``BENCH_ROUTER_TIMEOUT_S``, ``BENCH_ROUTER_BACKOFF_S``; a key, if needed, is read at request time from the
+                 variable *named* by ``BENCH_ROUTER_API_KEY_ENV``). Requests go through
+                 :mod:`bench.chat` (retries, circuit breaker, no secret in any note). No
+                 endpoint, or one that fails: :class:`RouterUnavailable`, reported as "missing"
+                 with the reason, never a made-up number.
 
 A router returns the chosen effect's ``lora_name`` or ``None`` (no match: a routing error).
 """
@@ -22,9 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from bench.chat import ChatClient, ChatError
 from bench.registry import Registry
 
 
@@ -162,9 +162,8 @@ class EmbeddingRouter(Router):
 
 @ROUTERS.register("mllm")
 class MLLMRouter(Router):
-    """An LLM / MLLM endpoint (OpenAI-compatible chat completions) picks the effect by name."""
+    """An LLM / MLLM endpoint (OpenAI-compatible chat completions, :mod:`bench.chat`) picks the effect by name."""
     name = "mllm"
-    timeout_s = 60.0
 
     def __init__(self, candidates: Sequence[Candidate], *, url: str | None = None, model: str | None = None) -> None:
         super().__init__(candidates)
@@ -173,13 +172,15 @@ class MLLMRouter(Router):
             raise RouterUnavailable("no router endpoint: set BENCH_ROUTER_URL to an OpenAI-compatible server "
                                     "(e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct` -> http://127.0.0.1:8000/v1) "
                                     "and BENCH_ROUTER_MODEL to its model name")
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model = model or os.environ.get("BENCH_ROUTER_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct")
-        self.key_env = os.environ.get("BENCH_ROUTER_API_KEY_ENV", "BENCH_ROUTER_API_KEY")
-        host = urllib.parse.urlparse(self.url).hostname or ""
-        handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
-        self._opener = urllib.request.build_opener(*handlers)
+        env = os.environ.get
+        try:
+            self.client = ChatClient(url, model or env("BENCH_ROUTER_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct"),
+                                     api_key_env=env("BENCH_ROUTER_API_KEY_ENV", "BENCH_ROUTER_API_KEY"),
+                                     timeout_s=float(env("BENCH_ROUTER_TIMEOUT_S", 60.0)),
+                                     backoff_s=float(env("BENCH_ROUTER_BACKOFF_S", 0.5)), what="router",
+                                     url_env="BENCH_ROUTER_URL")
+        except ValueError as err:
+            raise RouterUnavailable(f"BENCH_ROUTER_URL: {err}") from None
         self._names = {c.lora_name for c in candidates}
         menu = "\n".join(f"- {c.lora_name}: {c.description or c.prompt}" for c in candidates)
         self._system = ("You route image-editing requests to the one visual effect they ask for. "
@@ -187,23 +188,12 @@ class MLLMRouter(Router):
                         '\nAnswer with one JSON object {"effect": "<name from the list>"} and nothing else.')
 
     def route(self, request: str) -> str | None:
-        body = {"model": self.model, "temperature": 0, "max_tokens": 64,
-                "messages": [{"role": "system", "content": self._system},
-                             {"role": "user", "content": request}]}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        messages = [{"role": "system", "content": self._system}, {"role": "user", "content": request}]
         try:
-            with self._opener.open(req, timeout=self.timeout_s) as response:
-                content = json.loads(response.read().decode())["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            raise RouterUnavailable(f"router endpoint {self.url} unreachable "
-                                    f"({getattr(err, 'reason', err)})") from None
-        except (KeyError, IndexError, TypeError, json.JSONDecodeError):
-            raise RouterUnavailable(f"router endpoint {self.url} did not answer in the OpenAI chat format") from None
-        return self._parse(content if isinstance(content, str) else json.dumps(content))
+            content = self.client.complete(messages, max_tokens=64)
+        except ChatError as err:  # a failed request is no routing decision: the router is reported missing
+            raise RouterUnavailable(str(err)) from None
+        return self._parse(content)
 
     def _parse(self, text: str) -> str | None:
         """The effect named in the answer; an unknown or unparsable answer is a routing error (None)."""

@@ -57,6 +57,20 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot run here (missing weights, missing ground truth); the message says why."""
 
 
+@dataclass
+class SampleScores:
+    """One score per sample and what became of it: ``ok``, ``parse_failure`` (a judge's answer was
+    unusable) or ``missing`` (no answer, e.g. the judge endpoint failed), with the reason."""
+
+    values: list[float]
+    status: list[str]
+    notes: list[str]
+
+    @classmethod
+    def ok(cls, values: list[float]) -> "SampleScores":
+        return cls(list(values), ["ok"] * len(values), [""] * len(values))
+
+
 class Metric(ABC):
     info: MetricInfo
 
@@ -64,10 +78,17 @@ class Metric(ABC):
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         """Scores of one batch no larger than ``info.batch_size``."""
 
-    def score(self, batch: EvalBatch) -> list[float]:
+    def check_inputs(self, batch: EvalBatch) -> None:
         for needed in self.info.compares:
             if getattr(batch, needed) is None:
                 raise MetricUnavailable(f"{self.info.name} needs {needed}, which this dataset does not have")
+
+    def score_samples(self, batch: EvalBatch) -> SampleScores:
+        """Scores with a per-sample status; metrics whose samples can fail one by one (judges) override it."""
+        return SampleScores.ok(self.score(batch))
+
+    def score(self, batch: EvalBatch) -> list[float]:
+        self.check_inputs(batch)
         out: list[float] = []
         for start in range(0, len(batch), self.info.batch_size):
             out.extend(self._score(batch.slice(start, start + self.info.batch_size)).tolist())

@@ -37,6 +37,10 @@ def count_forwards(label: str, n: int = 1) -> None:
     _FORWARDS[label] += n
 
 
+def count_hits(label: str, n: int = 1) -> None:
+    _HITS[label] += n
+
+
 def forward_counts() -> dict[str, int]:
     return dict(_FORWARDS)
 
@@ -109,7 +113,7 @@ class MetricCache:
                 todo[h] = i
             else:
                 found[h] = hit
-        _HITS[label] += len(found)
+        count_hits(label, len(found))
         if todo:
             computed = compute(images[list(todo.values())]).detach().to("cpu", torch.float32)
             count_forwards(label, len(todo))

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from metrics import EvalBatch, Metric, MetricInfo
-from metrics.cache import MetricCache, count_forwards, image_hash, text_hash
+from metrics.cache import MetricCache, count_forwards, count_hits, image_hash, text_hash
 from metrics.embedding import default_device
 from metrics.weights import WeightRequest, fingerprint, force_offline, resolve_dir, resolve_file, weights_dir
 
@@ -285,6 +285,7 @@ class EditRewardScore(Metric):
                 todo.append(i)
             else:
                 values[i] = hit["reward"]
+        count_hits(self.label, len(values))
         if todo:
             rewards = self._rewards([batch.instructions[i] for i in todo], batch.sources[todo], batch.results[todo])
             count_forwards(self.label, len(todo))

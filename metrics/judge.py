@@ -11,16 +11,21 @@ Answers are parsed strictly: one JSON object with exactly those two keys and the
 (``scores`` an integer 1-5, ``is_bad_case`` a JSON boolean); a single surrounding markdown code
 fence is tolerated, nothing else. An unparsable answer gets a bounded number of corrective
 retries (``max_attempts`` in all); if every attempt fails the sample's value is NaN, its status
-``parse_failure`` and the raw answers are kept -- it is counted (``stats``, ``sample_status``),
-never replaced by a default score. Answers (and failures) are cached on disk by (judge, prompt
-version, instruction, criteria, image hashes), so re-evaluating makes no judge calls.
+``parse_failure`` and the raw answers are kept -- it is counted (``stats``, :meth:`score_samples`),
+never replaced by a default score. A sample the endpoint gave no answer for (after the retries
+and circuit breaker of :mod:`bench.chat`) is ``missing`` with the reason; the other samples of
+its batch keep their answers. Parsed answers are cached on disk by (judge, prompt version,
+instruction, criteria, image hashes), so re-evaluating makes no judge calls; failures are not
+cached, so a rerun after the server is fixed asks again.
 
 Backends (``BENCH_JUDGE`` = ``http`` | ``local`` | ``auto``):
 * ``http``: an OpenAI-compatible ``/chat/completions`` endpoint (e.g. ``vllm serve
-  Qwen/Qwen2.5-VL-7B-Instruct``) at ``BENCH_JUDGE_URL``; model name ``BENCH_JUDGE_MODEL``. A key,
-  if the endpoint needs one, is read from the environment variable *named* by
-  ``BENCH_JUDGE_API_KEY_ENV`` (default ``BENCH_JUDGE_API_KEY``) at request time; it is never
-  stored in a config, a cache key, a row or a log line.
+  Qwen/Qwen2.5-VL-7B-Instruct``) at ``BENCH_JUDGE_URL`` (``user:pass@`` in it is sent as basic
+  auth); model name ``BENCH_JUDGE_MODEL``. A key, if the endpoint needs one, is read from the
+  environment variable *named* by ``BENCH_JUDGE_API_KEY_ENV`` (default ``BENCH_JUDGE_API_KEY``) at
+  request time; neither is ever stored in a config, a cache key, a row or a log line.
+  ``BENCH_JUDGE_TIMEOUT_S`` (per request), ``BENCH_JUDGE_HTTP_TRIES``, ``BENCH_JUDGE_BACKOFF_S``
+  and ``BENCH_JUDGE_BREAKER_AFTER`` set the retries and the circuit breaker (:mod:`bench.chat`).
 * ``local``: a Qwen2.5-VL checkpoint through transformers, from ``BENCH_JUDGE_MODEL_PATH`` or the
   weights dir / HF cache of ``BENCH_JUDGE_MODEL`` (see :mod:`metrics.weights`); greedy decoding.
 * ``auto``: ``http`` when a URL is set, else ``local`` (found in the weights dir / HF cache only
@@ -37,9 +42,6 @@ import math
 import os
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,8 +52,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metrics import EvalBatch, Metric, MetricInfo, MetricUnavailable
-from metrics.cache import MetricCache, count_forwards, image_hash, text_hash
+from bench.chat import ChatClient, ChatError, EndpointDown
+from metrics import EvalBatch, Metric, MetricInfo, MetricUnavailable, SampleScores
+from metrics.cache import MetricCache, count_forwards, count_hits, image_hash, text_hash
 from metrics.embedding import default_device
 from metrics.weights import WeightRequest, fingerprint, force_offline, resolve_dir
 
@@ -183,12 +186,15 @@ def parse_answer(text: str, field_name: str) -> tuple[str, Any]:
 @dataclass(frozen=True)
 class JudgeConfig:
     backend: str = "auto"                        # "http", "local" or "auto" (http when a URL is set)
-    url: str | None = None                       # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    url: str | None = field(default=None, repr=False)  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"   # model name sent to the endpoint / HF repo of the local judge
     model_path: str | None = None                # local judge directory (else weights dir / HF cache of `model`)
     api_key_env: str = "BENCH_JUDGE_API_KEY"     # NAME of the variable holding the endpoint key, never the key
     max_attempts: int = 3                        # first answer + corrective retries on unparsable answers
     timeout_s: float = 120.0                     # per HTTP request
+    http_tries: int = 3                          # tries per request on transient failures (5xx, 429, timeouts)
+    backoff_s: float = 0.5                       # wait before the 2nd try; doubles after each
+    breaker_after: int = 8                       # consecutive transport failures that give the endpoint up
     max_new_tokens: int = 256
     image_size: int = 448                        # longest side of every image shown to the judge
     concurrency: int = 4                         # parallel HTTP requests
@@ -200,7 +206,11 @@ class JudgeConfig:
         return cls(backend=env("BENCH_JUDGE", cls.backend), url=env("BENCH_JUDGE_URL") or None,
                    model=env("BENCH_JUDGE_MODEL", cls.model), model_path=env("BENCH_JUDGE_MODEL_PATH") or None,
                    api_key_env=env("BENCH_JUDGE_API_KEY_ENV", cls.api_key_env),
-                   max_attempts=int(env("BENCH_JUDGE_MAX_ATTEMPTS", cls.max_attempts)))
+                   max_attempts=int(env("BENCH_JUDGE_MAX_ATTEMPTS", cls.max_attempts)),
+                   timeout_s=float(env("BENCH_JUDGE_TIMEOUT_S", cls.timeout_s)),
+                   http_tries=int(env("BENCH_JUDGE_HTTP_TRIES", cls.http_tries)),
+                   backoff_s=float(env("BENCH_JUDGE_BACKOFF_S", cls.backoff_s)),
+                   breaker_after=int(env("BENCH_JUDGE_BREAKER_AFTER", cls.breaker_after)))
 
 
 class JudgeBackend(Protocol):
@@ -221,23 +231,19 @@ def judge_image(image: torch.Tensor, size: int) -> np.ndarray:
 
 
 class HttpJudge:
-    """OpenAI-compatible chat completions (vLLM, SGLang, TGI, hosted APIs)."""
+    """OpenAI-compatible chat completions (vLLM, SGLang, TGI, hosted APIs) through :mod:`bench.chat`."""
 
     def __init__(self, cfg: JudgeConfig) -> None:
         if not cfg.url:
             raise JudgeUnavailable("no judge endpoint: set BENCH_JUDGE_URL (e.g. http://127.0.0.1:8000/v1)")
-        base = cfg.url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        parts = urllib.parse.urlsplit(self.url)  # messages show the URL without credentials or query
-        self.shown_url = urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", "")) \
-            if parts.port is None else urllib.parse.urlunsplit((parts.scheme, f"{parts.hostname}:{parts.port}",
-                                                                parts.path, "", ""))
+        try:
+            self.client = ChatClient(cfg.url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+                                     tries=cfg.http_tries, backoff_s=cfg.backoff_s, breaker_after=cfg.breaker_after,
+                                     what="judge", url_env="BENCH_JUDGE_URL")
+        except ValueError as err:
+            raise JudgeUnavailable(f"BENCH_JUDGE_URL: {err}") from None
         self.cfg = cfg
         self.identity = f"http|{cfg.model}|{cfg.image_size}px|{cfg.max_new_tokens}"
-        host = urllib.parse.urlparse(self.url).hostname or ""
-        # Loopback servers are reached directly even when a proxy is configured.
-        handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
-        self._opener = urllib.request.build_opener(*handlers)
 
     def _content(self, parts: list[Part]) -> list[dict] | str:
         out: list[dict] = []
@@ -256,30 +262,9 @@ class HttpJudge:
         return out
 
     def chat(self, turns: list[Turn]) -> str:
-        body = {"model": self.cfg.model, "temperature": 0, "max_tokens": self.cfg.max_new_tokens,
-                "messages": [{"role": t.role, "content": self._content(t.parts)} for t in turns]}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.cfg.timeout_s) as response:
-                payload = json.loads(response.read().decode())
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode(errors="replace")
-            raise JudgeUnavailable(f"judge endpoint {self.shown_url} answered HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise JudgeUnavailable(f"judge endpoint {self.shown_url} unreachable ({reason}); start the server or fix "
-                                   f"BENCH_JUDGE_URL") from None
-        except json.JSONDecodeError:
-            raise JudgeUnavailable(f"judge endpoint {self.shown_url} did not answer in the OpenAI chat format") from None
-        try:
-            content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise JudgeUnavailable(f"judge endpoint {self.shown_url} answered without choices[0].message.content") from None
-        return content if isinstance(content, str) else json.dumps(content)
+        """The judge's answer; raises :class:`bench.chat.ChatError` when the endpoint gave none."""
+        messages = [{"role": t.role, "content": self._content(t.parts)} for t in turns]
+        return self.client.complete(messages, max_tokens=self.cfg.max_new_tokens)
 
 
 class LocalVLMJudge:
@@ -361,8 +346,19 @@ def make_backend(cfg: JudgeConfig) -> JudgeBackend:
 # metrics
 
 
+@dataclass
+class Verdict:
+    """What became of one sample: its parsed answer, or why there is none."""
+
+    status: str = "ok"              # "ok" | "parse_failure" (answers unusable) | "missing" (no answer)
+    value: Any = None               # the parsed answer when ok
+    note: str = ""                  # why, when not ok
+    answers: list[str] = field(default_factory=list)
+    endpoint_down: bool = False     # missing because the endpoint was given up (reported once, by bench.chat)
+
+
 class JudgeMetric(Metric):
-    """Asks the judge once per sample (cached) and keeps per-sample status of the last ``score``."""
+    """Asks the judge once per sample; successful answers are cached, failures are asked again next run."""
 
     field_name: str
     label: str
@@ -372,9 +368,7 @@ class JudgeMetric(Metric):
         self.config = config if config is not None else JudgeConfig.from_env()
         self._backend = backend
         self.cache = cache if isinstance(cache, MetricCache) else MetricCache(cache)
-        self.stats: Counter[str] = Counter()      # calls, retries, parse_failures, cached, answered
-        self.sample_status: list[str] = []        # "ok" | "parse_failure", per sample of the last score()
-        self.sample_notes: list[str] = []         # the failure reason ("" when ok)
+        self.stats: Counter[str] = Counter()      # calls, retries, parse_failures, missing, cached, answered
         self.failures: list[dict] = []            # raw answers of every parse failure
         self._lock = threading.Lock()             # HTTP samples are judged in parallel
 
@@ -383,30 +377,39 @@ class JudgeMetric(Metric):
             self._backend = make_backend(self.config)
         return self._backend
 
-    def score(self, batch: EvalBatch) -> list[float]:
-        self.sample_status, self.sample_notes = [], []
-        scores = super().score(batch)
-        failed = self.sample_status.count("parse_failure")
-        if failed:
+    def score_samples(self, batch: EvalBatch) -> SampleScores:
+        self.check_inputs(batch)
+        verdicts = self._judge(batch)
+        parse_failures = sum(v.status == "parse_failure" for v in verdicts)
+        if parse_failures:
             log.warning("%s: %d of %d judge answers unparsable after %d attempts (recorded as NaN)",
-                        self.info.name, failed, len(scores), self.config.max_attempts)
-        return scores
+                        self.info.name, parse_failures, len(verdicts), self.config.max_attempts)
+        failed = [v for v in verdicts if v.status == "missing" and not v.endpoint_down]
+        if failed:
+            log.warning("%s: %d of %d samples got no judge answer (recorded as missing): %s",
+                        self.info.name, len(failed), len(verdicts), failed[0].note)
+        return SampleScores([self._value(v.value) if v.status == "ok" else math.nan for v in verdicts],
+                            [v.status for v in verdicts], [v.note for v in verdicts])
+
+    def score(self, batch: EvalBatch) -> list[float]:
+        """Values only. A sample without an answer raises: a caller of plain scores cannot see statuses
+        (parse failures stay NaN, as they are the judge's verdict on that sample)."""
+        scored = self.score_samples(batch)
+        missing = [note for status, note in zip(scored.status, scored.notes) if status == "missing"]
+        if missing:
+            raise JudgeUnavailable(missing[0])
+        return scored.values
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
+        return torch.tensor(self.score_samples(batch).values, dtype=torch.float64)
+
+    def _judge(self, batch: EvalBatch) -> list[Verdict]:
         backend = self.backend()
         jobs = [self._sample(batch, i) for i in range(len(batch))]
         if isinstance(backend, HttpJudge) and self.config.concurrency > 1:
             with ThreadPoolExecutor(self.config.concurrency) as pool:
-                outcomes = list(pool.map(lambda job: self._ask(backend, *job), jobs))
-        else:
-            outcomes = [self._ask(backend, *job) for job in jobs]
-        values = []
-        for outcome in outcomes:
-            ok = outcome["error"] is None
-            self.sample_status.append("ok" if ok else "parse_failure")
-            self.sample_notes.append("" if ok else f"judge answer unparsable: {outcome['error']}")
-            values.append(self._value(outcome["value"]) if ok else math.nan)
-        return torch.tensor(values, dtype=torch.float64)
+                return list(pool.map(lambda job: self._ask(backend, *job), jobs))
+        return [self._ask(backend, *job) for job in jobs]
 
     def _sample(self, batch: EvalBatch, i: int) -> tuple[list[Turn], str]:
         raise NotImplementedError
@@ -414,21 +417,28 @@ class JudgeMetric(Metric):
     def _value(self, answer: Any) -> float:
         raise NotImplementedError
 
-    def _ask(self, backend: JudgeBackend, turns: list[Turn], key: str) -> dict:
+    def _ask(self, backend: JudgeBackend, turns: list[Turn], key: str) -> Verdict:
         namespace = f"{PROMPT_VERSION}|{self.info.name}|{backend.identity}"
         with self._lock:
             cached = self.cache.get_json(self.label, namespace, key)
-            if cached is not None:
+            # Only parsed answers are served: caches written before failures stopped being stored
+            # may still hold some, and a fixed server must get the chance to answer them.
+            if cached is not None and cached.get("error") is None:
                 self.stats["cached"] += 1
-                self.stats["parse_failures"] += cached["error"] is not None
-                return cached
+                count_hits(self.label)
+                return Verdict(value=cached["value"])
         schema = '{"brief_reasoning": ..., "%s": ...}' % self.field_name
         answers: list[str] = []
         error: str | None = None
         value = reasoning = None
         conversation = list(turns)
         for attempt in range(self.config.max_attempts):
-            answer = backend.chat(conversation)
+            try:
+                answer = backend.chat(conversation)
+            except ChatError as err:
+                with self._lock:
+                    self.stats["missing"] += 1
+                return Verdict("missing", note=str(err), answers=answers, endpoint_down=isinstance(err, EndpointDown))
             with self._lock:
                 count_forwards(self.label)
                 self.stats["calls"] += 1
@@ -441,16 +451,15 @@ class JudgeMetric(Metric):
             except ParseError as err:
                 error = str(err)
                 conversation += [Turn("assistant", [answer]), Turn("user", [_RETRY.format(error=error, schema=schema)])]
-        outcome = {"value": value, "reasoning": reasoning, "error": error, "answers": answers,
-                   "attempts": len(answers)}
         with self._lock:
-            if error is None:
-                self.stats["answered"] += 1
-            else:
+            if error is not None:  # not cached: the next run asks again
                 self.stats["parse_failures"] += 1
                 self.failures.append({"metric": self.info.name, "error": error, "answers": answers})
-            self.cache.put_json(self.label, namespace, key, outcome)
-        return outcome
+                return Verdict("parse_failure", note=f"judge answer unparsable: {error}", answers=answers)
+            self.stats["answered"] += 1
+            self.cache.put_json(self.label, namespace, key, {"value": value, "reasoning": reasoning, "error": None,
+                                                             "answers": answers, "attempts": len(answers)})
+        return Verdict(value=value, answers=answers)
 
 
 class VSAJudge(JudgeMetric):

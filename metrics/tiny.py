@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -212,11 +213,13 @@ def tiny_editreward(folder: str | Path, base: str | Path, seed: int = 0) -> Edit
 class CannedJudgeServer:
     """An OpenAI-compatible ``/chat/completions`` endpoint on 127.0.0.1 answering canned replies.
 
-    Replies are served in order and the last one repeats; every request (path, Authorization
-    header, JSON body) is recorded in ``requests``. Use as a context manager or call ``close``.
+    Replies are served in order and the last one repeats. A reply is the assistant's text, an
+    ``int`` (that HTTP status is sent, with a small error body) or a callable of the recorded
+    request returning either. Every request (path with query, Authorization header, JSON body)
+    is recorded in ``requests``. Use as a context manager or call ``close``.
     """
 
-    def __init__(self, *replies: str) -> None:
+    def __init__(self, *replies: str | int | Callable[[dict], str | int]) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -228,12 +231,18 @@ class CannedJudgeServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                request = {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
                 with lock:
-                    outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                           "body": body})
+                    outer.requests.append(request)
                     reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
+                if callable(reply):
+                    reply = reply(request)
+                if isinstance(reply, int):
+                    status, data = reply, json.dumps({"error": f"canned HTTP {reply}"}).encode()
+                else:
+                    status = 200
+                    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -15,7 +15,9 @@ import torch
 from bench.config import BackboneConfig, LoraTrainConfig, SamplingConfig
 from bench.deployment import (DeploymentRows, exact_requests, measure_routing, measure_serving, measure_storage,
                               paraphrases, write_random_loras)
+from bench.chat import reset_endpoints
 from bench.routers import ROUTERS, RouterUnavailable
+from metrics.tiny import CannedJudgeServer
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,25 @@ def test_mllm_router_over_openai_compatible_endpoint(monkeypatch):
     finally:
         server.shutdown()
         _Stub.answer = "palette_sepia_00"
+
+
+def test_mllm_router_retries_keeps_query_and_credentials_out_of_notes(monkeypatch):
+    reset_endpoints()
+    monkeypatch.setenv("BENCH_ROUTER_BACKOFF_S", "0.001")
+    with CannedJudgeServer(500, json.dumps({"effect": "palette_sepia_00"})) as server:
+        url = server.url.replace("http://", "http://router:pw-s3cret@") + "?api-version=1"
+        monkeypatch.setenv("BENCH_ROUTER_URL", url)
+        assert ROUTERS.get("mllm")(EFFECTS).route("make it look old") == "palette_sepia_00"   # 500, then retried
+        assert [r["path"] for r in server.requests] == ["/v1/chat/completions?api-version=1"] * 2
+        assert server.requests[0]["auth"].startswith("Basic ")
+    rows = _rows()  # the server is gone now
+    measure_routing(rows, EFFECTS, ["mllm"], capacity=2, requests_per_effect=1, seed=0)
+    notes = {r["note"] for r in rows.records}
+    assert {r["status"] for r in rows.records} == {"missing"} and len(notes) == 1
+    note = notes.pop()
+    assert "unreachable" in note and server.url.removeprefix("http://") in note
+    assert "s3cret" not in note and "router:" not in note and "api-version" not in note
+    reset_endpoints()
 
 
 @pytest.fixture(scope="module")
