@@ -9,12 +9,13 @@ jobs (e.g. SLURM array tasks) build it once instead of racing.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,35 @@ class ArtifactCache:
     def _say(self, msg: str) -> None:
         if self.verbose:
             print(f"[cache] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# what is on disk: the one fingerprint policy for inputs read from files (datasets, weights)
+
+_SAMPLE = 1 << 20   # bytes read at the start, middle and end of a big file
+_WHOLE = 32 << 20   # files up to this size are hashed whole (images, configs, LoRAs, tokenizers)
+
+
+def files_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """Content fingerprint of files and folders (a folder: every file under it, hidden ones
+    such as ``.cache/`` left out), independent of where they are: names relative to the given
+    path and bytes, never absolute paths or mtimes. Small files are hashed whole; big ones
+    (multi-GB weights) by size plus 1 MiB at their start (a safetensors header: names, shapes,
+    dtypes), middle and end -- a fine-tuned or re-quantised model changes those bytes."""
+    h = hashlib.sha256()
+    for given in paths:
+        given = Path(given)
+        files = ([(given.name, given)] if given.is_file() else
+                 [(f"{given.name}/{p.relative_to(given).as_posix()}", p) for p in sorted(given.rglob("*"))
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(given).parts)])
+        for name, path in files:
+            size = path.stat().st_size
+            h.update(f"{name} {size};".encode())
+            with path.open("rb") as handle:
+                if size <= _WHOLE:
+                    h.update(handle.read())
+                    continue
+                for offset in (0, size // 2, size - _SAMPLE):
+                    handle.seek(offset)
+                    h.update(handle.read(_SAMPLE))
+    return h.hexdigest()

@@ -36,12 +36,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from bench.cache import atomic_write
+from bench.cache import atomic_write, files_fingerprint
 
 ENV_CACHE = "BENCH_PROMPT_CACHE"
 KIND = "prompt_embeds"   # folder under the artifact cache root
-_SAMPLE = 1 << 20        # bytes read at the start, middle and end of a big weight file
-_WHOLE = 32 << 20        # files up to this size are hashed whole (configs, tokenizers)
 REPORT_EVERY_S = 60.0    # verbose caches print their counts on first use, then at most this often
 
 _TOTALS: Counter[str] = Counter()  # "encoded" / "cached" prompts in this process, all caches
@@ -105,28 +103,6 @@ def image_digest(image) -> str | None:
     for img in images:
         h.update(f"{img.mode} {img.size};".encode())
         h.update(img.tobytes())
-    return h.hexdigest()
-
-
-def files_fingerprint(folders: Iterable[Path]) -> str:
-    """Content fingerprint of model folders, cheap even for multi-GB weights: small files are
-    hashed whole; big ones by size plus 1 MiB at their start (the safetensors header: names,
-    shapes, dtypes), middle and end. A fine-tuned or re-quantised encoder changes those bytes."""
-    h = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            rel = path.relative_to(folder)
-            if any(part.startswith(".") for part in rel.parts):
-                continue  # hf download's .cache/, editor droppings
-            size = path.stat().st_size
-            h.update(f"{Path(folder).name}/{rel.as_posix()} {size};".encode())
-            with path.open("rb") as handle:
-                if size <= _WHOLE:
-                    h.update(handle.read())
-                    continue
-                for offset in (0, size // 2, size - _SAMPLE):
-                    handle.seek(offset)
-                    h.update(handle.read(_SAMPLE))
     return h.hexdigest()
 
 
