@@ -52,6 +52,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from bench.errors import InputError
+
 __all__ = [
     "DATA_TYPES",
     "EFFECTS_FILE",
@@ -103,7 +105,7 @@ _FILE_RANK = {
 # --------------------------------------------------------------------------- errors
 
 
-class EffectBenchError(ValueError):
+class EffectBenchError(InputError, ValueError):
     """Bad EffectBench data.
 
     The message starts with ``path:line: `` when a row is at fault and with

@@ -25,9 +25,10 @@ import pandas as pd
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
+from bench.errors import InputError
 from bench.grids import GRIDS, Cell, describe, is_measurement
 from bench.registry import UnknownNameError, parse_names
-from bench.store import ResultStore, cell_id
+from bench.store import ResultStore, UnreadableRowsError, cell_id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +110,8 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
     A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
     measurement cell such as ``bench.grids.DeploymentCell`` (nothing trained: ``cell.run(out,
     cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
-    renamed into place last, so only a complete cell ever looks finished.
+    renamed into place last, so only a complete cell ever looks finished. Stored rows that do
+    not read (truncated) are reported in one line and the cell is rerun.
 
     Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
     trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
@@ -119,9 +121,14 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
 
     store = ResultStore(out)
     cid = cell_id(cell)
-    if store.is_done(cid) and not force:
-        print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
-        return store.read_cell(cid)
+    if not force and store.is_done(cid):
+        try:
+            rows = store.read_cell(cid)
+        except UnreadableRowsError as err:
+            print(f"warning: {err}; rerunning cell {cid}", file=sys.stderr)
+        else:
+            print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
+            return rows
     if not distributed.current().is_main:
         if not is_measurement(cell):
             _prepare(cell, cache)
@@ -261,16 +268,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: under torchrun run one cell (--method ...); a grid runs its cells data-parallel with "
               "--executor slurm slurm.tasks_per_node=N", file=sys.stderr)
         return 2
-    if args.grid:
-        return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
-                        executor=args.executor or "local", slurm=slurm, wait=args.wait,
-                        scaling_effects=scaling_effects)
-    if (args.executor or "local") != "local":
-        from slurm.dispatch import run_cli
+    try:
+        if args.grid:
+            return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
+                            executor=args.executor or "local", slurm=slurm, wait=args.wait,
+                            scaling_effects=scaling_effects)
+        if (args.executor or "local") != "local":
+            from slurm.dispatch import run_cli
 
-        return run_cli([cfg], Path(args.out), args.cache, executor=args.executor, slurm=slurm,
-                       name=cfg.method, force=args.force, wait=args.wait)
-    rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+            return run_cli([cfg], Path(args.out), args.cache, executor=args.executor, slurm=slurm,
+                           name=cfg.method, force=args.force, wait=args.wait)
+        rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+    except (UnknownNameError, InputError) as err:  # bad input found while running: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if rows is None:  # a rank other than 0 of a data-parallel run: rank 0 reports
         return 0
     print()

@@ -15,6 +15,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from bench.errors import InputError
 from methods.backbones import Backbone
 from methods.flow import add_noise, fm_loss, sample_training_sigmas
 
@@ -50,8 +51,8 @@ class FMSettings:
     weight_decay: float = 1e-4
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(InputError, FloatingPointError):
+    """A NaN/inf training loss: training stops at once (the message says what to change)."""
 
 
 def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettings, *, seed: int,

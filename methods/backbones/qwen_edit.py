@@ -51,6 +51,7 @@ from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
 from bench.config import QWEN_LORA_TARGETS, BackboneConfig, RunConfig
+from bench.errors import InputError
 from methods.backbones import Backbone, TextCondition
 from methods.backbones.prompt_cache import (
     PromptCache,
@@ -78,7 +79,7 @@ _REQUIRED: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
 COMPONENTS = tuple(_REQUIRED)
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(InputError, FileNotFoundError):
     """A model directory, or a component inside it, is not on disk."""
 
 
