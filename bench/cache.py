@@ -3,7 +3,8 @@
 An artifact lives in ``<root>/<kind>/<key>/`` where ``key`` hashes the resolved config that
 produced it. It is built in a temporary directory under an exclusive file lock and renamed
 into place only when complete, so a crash never leaves a half-written artifact and concurrent
-jobs (e.g. SLURM array tasks) build it once instead of racing.
+jobs (e.g. SLURM array tasks) build it once instead of racing. Tensor files holding NaN/inf are
+refused before that rename (``check_finite``): a cached NaN would feed every run that reuses it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -20,7 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.errors import NonFiniteError
+
 DONE = "DONE"
+TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth")  # what check_finite opens; images cannot hold NaN
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -86,6 +91,7 @@ class ArtifactCache:
             if config is not None:
                 (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
             build(tmp)
+            check_finite(tmp, label)
             (tmp / DONE).write_text("")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -129,6 +135,63 @@ class ArtifactCache:
     def _say(self, msg: str) -> None:
         if self.verbose:
             print(f"[cache] {msg}", flush=True)
+
+
+def nonfinite_tensors(tensors: Iterable[tuple[str, Any]]) -> list[str]:
+    """``"name (3 NaN, 0 inf of 4096)"`` for each floating tensor holding NaN or inf."""
+    import torch
+
+    bad = []
+    for name, t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        bad.append(f"{name} ({int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} inf of {t.numel()})")
+    return bad
+
+
+def some(items: list[str], k: int = 3) -> str:
+    """The first ``k`` items of a list for an error message, with how many were left out."""
+    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def check_finite(directory: Path, label: str) -> None:
+    """Refuse an artifact whose tensor files hold NaN/inf, before it is marked finished.
+
+    Cached, a NaN artifact is reused by every later run and its damage blamed on whatever runs next
+    (all-NaN teacher outputs made DMD report a NaN loss and suggest lowering ``distill.lr``).
+    Safetensors and torch pickles of tensors are read back (artifacts are LoRAs and small
+    outputs, so this costs milliseconds on the synthetic world); a pickle of other objects is skipped.
+    """
+    for file in sorted(p for p in directory.rglob("*") if p.suffix in TENSOR_SUFFIXES and p.is_file()):
+        bad = nonfinite_tensors(_tensors_in(file))
+        if bad:
+            raise NonFiniteError(f"{label}: {file.relative_to(directory)} holds NaN/inf in {some(bad)}; "
+                                 "it was not cached")
+
+
+def _tensors_in(file: Path) -> Iterator[tuple[str, Any]]:
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+        return
+    import torch
+
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # not plain tensors: nothing cheap to check
+        return
+    stack: list[tuple[str, Any]] = [(file.name, obj)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{name}.{k}" if name != file.name else str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            yield name, value
 
 
 # --------------------------------------------------------------------------------------------

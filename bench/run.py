@@ -28,7 +28,7 @@ from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_j
 from bench.errors import KNOWN_ERRORS
 from bench.grids import GRIDS, Cell, describe, is_measurement
 from bench.registry import UnknownNameError, parse_names
-from bench.store import ResultStore, cell_id
+from bench.store import ResultStore, UnreadableRowsError, cell_id
 from bench.threads import set_threads
 
 
@@ -114,7 +114,8 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
     A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
     measurement cell such as ``bench.grids.DeploymentCell`` (nothing trained: ``cell.run(out,
     cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
-    renamed into place last, so only a complete cell ever looks finished.
+    renamed into place last, so only a complete cell ever looks finished. Stored rows that do
+    not read (truncated) are reported in one line and the cell is rerun.
 
     Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
     trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
@@ -128,9 +129,14 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
         from bench.workspace import Workspace
 
         Workspace(cell, cache).check_inputs()
-    if store.is_done(cid) and not force:
-        print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
-        return store.read_cell(cid)
+    if not force and store.is_done(cid):
+        try:
+            rows = store.read_cell(cid)
+        except UnreadableRowsError as err:
+            print(f"warning: {err}; rerunning cell {cid}", file=sys.stderr)
+        else:
+            print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
+            return rows
     if not distributed.current().is_main:
         if not is_measurement(cell):
             _prepare(cell, cache)

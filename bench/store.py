@@ -1,18 +1,23 @@
 """Results store: tidy long rows, one parquet file per run cell, written atomically.
 
 Layout: ``<out>/cells/<cell_id>/{config.json, rows.parquet, images/, logs}``. A cell is
-finished exactly when its ``rows.parquet`` exists (it is renamed into place as the last step),
-so a crash never leaves a cell that looks finished and a rerun skips only finished cells.
+finished exactly when its ``rows.parquet`` exists and reads (it is renamed into place as the last
+step), so a crash never leaves a cell that looks finished and a rerun skips only finished cells.
+A ``rows.parquet`` that does not read (truncated by a full disk, a copy cut short) is reported in
+one line and its cell counts as unfinished: it is rerun, never skipped and then crashed on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bench.config import config_hash, result_dict, to_dict
 
@@ -31,15 +36,34 @@ def cell_id(cfg: Any) -> str:
     return config_hash(result_dict(cfg))
 
 
+class UnreadableRowsError(ValueError):
+    """A stored ``rows.parquet`` that does not read; its cell is rerun."""
+
+    def __init__(self, path: Path, cause: Exception) -> None:
+        super().__init__(f"{path} is unreadable ({type(cause).__name__}: {cause})")
+        self.path = path
+
+
 class ResultStore:
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
+        self._reported: set[Path] = set()  # unreadable files already said, once per store
 
     def cell_dir(self, cid: str) -> Path:
         return self.out / "cells" / cid
 
     def is_done(self, cid: str) -> bool:
-        return (self.cell_dir(cid) / ROWS).exists()
+        """The rows exist and their parquet footer reads (every truncation loses the footer;
+        ``read_cell`` catches the rarer damage inside a file that kept it)."""
+        path = self.cell_dir(cid) / ROWS
+        if not path.exists():
+            return False
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as err:
+            self._report(UnreadableRowsError(path, err))
+            return False
+        return True
 
     def write_config(self, cid: str, cfg: Any) -> None:
         d = self.cell_dir(cid)
@@ -58,13 +82,31 @@ class ResultStore:
         return path
 
     def read_cell(self, cid: str) -> pd.DataFrame:
-        return pd.read_parquet(self.cell_dir(cid) / ROWS)
+        return read_rows(self.cell_dir(cid) / ROWS)
 
     def read_all(self) -> pd.DataFrame:
-        files = sorted((self.out / "cells").glob(f"*/{ROWS}"))
-        if not files:
-            return pd.DataFrame(columns=COLUMNS)
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        """Every readable cell's rows; an unreadable file is reported and left out (its cell
+        counts as unfinished, as in ``is_done``)."""
+        frames = []
+        for f in sorted((self.out / "cells").glob(f"*/{ROWS}")):
+            try:
+                frames.append(read_rows(f))
+            except UnreadableRowsError as err:
+                self._report(err)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+    def _report(self, err: UnreadableRowsError) -> None:
+        if err.path not in self._reported:
+            self._reported.add(err.path)
+            print(f"warning: {err}; its cell counts as unfinished (a rerun redoes it)", file=sys.stderr)
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """One cell's rows; a file that does not read raises ``UnreadableRowsError`` naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as err:
+        raise UnreadableRowsError(path, err) from err
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

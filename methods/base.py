@@ -6,6 +6,8 @@ distilled method is compared against, at the highest inference cost.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.effectbench import EffectSpec
@@ -19,9 +21,14 @@ class Base(Method):
     name = "base"
 
     def prepare(self, effects: list[EffectSpec]) -> None:
+        """Every teacher is validated here, before effect 1 is evaluated; they are loaded one by
+        one as evaluation reaches them. The user's files (manifest ``lora_path``) are checked
+        before any missing teacher is trained, all of them once the trained ones exist."""
         self.backbone = self.ws.load_backbone()
-        self.teachers = {e.lora_name: self.ws.teacher_dir(e, self.backbone) for e in effects}
         self.bank = AdapterBank(self.backbone.transformer)
+        self.bank.check({e.lora_name: Path(e.lora_path) for e in effects if e.lora_path is not None})
+        self.teachers = {e.lora_name: self.ws.teacher_dir(e, self.backbone) for e in effects}
+        self.bank.check(self.teachers)
 
     def teacher(self, effect: EffectSpec) -> str:
         if effect.lora_name not in self.bank.frozen:

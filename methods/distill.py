@@ -48,9 +48,12 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
 
     def build(out: Path | None) -> None:
         bb = ws.load_backbone()
-        anchors = {e.lora_name: teacher_outputs(ws, e, bb) for e in effects} if p_switch > 0 else {}
         bank = AdapterBank(bb.transformer)
-        for e in effects:  # all teachers loaded once, validated, switched by name
+        # Every teacher validated (finite, fits, one rank) before its outputs are sampled and
+        # cached: a NaN teacher otherwise caches NaN anchors and fails later as a NaN DMD loss.
+        bank.check(teachers)
+        anchors = {e.lora_name: teacher_outputs(ws, e, bb) for e in effects} if p_switch > 0 else {}
+        for e in effects:  # all teachers loaded once, switched by name
             bank.add_teacher(e.lora_name, teachers[e.lora_name])
         effect_data = []
         for e in effects:

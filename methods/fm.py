@@ -52,7 +52,7 @@ class FMSettings:
 
 
 class NonFiniteLossError(BenchError, FloatingPointError):
-    """A loss went NaN / inf: training stopped, nothing was published."""
+    """A NaN/inf training loss: training stops at once (the message says what to change)."""
 
 
 def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettings, *, seed: int,

@@ -24,8 +24,8 @@ class BasePlusLightning(Base):
     def prepare(self, effects: list[EffectSpec]) -> None:
         from methods.lora import load_lora
 
+        super().prepare(effects)  # teachers validated before Lightning's training
         self.lightning = lightning_lora(self.ws)
-        super().prepare(effects)
         load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
 
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:

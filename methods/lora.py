@@ -4,6 +4,8 @@ Files are diffusers-format ``pytorch_lora_weights.safetensors`` written by
 ``QwenImagePipeline.save_lora_weights`` *with* the peft adapter metadata: without it a reload
 assumes alpha = rank and outputs change (FACTS). Loading goes through the same classmethods
 ``QwenImageEditPlusPipeline.load_lora_weights`` uses, so what we write loads in stock diffusers.
+Every load checks the weights are finite: a NaN LoRA otherwise surfaces far away (an output PNG
+that cannot be written, a NaN DMD loss blamed on the learning rate).
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from diffusers import QwenImagePipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from bench.cache import nonfinite_tensors, some
 from bench.config import LoraTrainConfig
+from bench.errors import BenchError, NonFiniteError
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+class MissingLoraError(BenchError, FileNotFoundError):
+    """A LoRA file that is not on disk."""
 
 
 def lora_config(cfg: LoraTrainConfig) -> LoraConfig:
@@ -53,10 +61,18 @@ def load_lora(transformer: torch.nn.Module, path: str | Path, name: str) -> None
     path = Path(path)
     file = path / WEIGHT_NAME if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"LoRA {name!r}: no weights at {file}")
+        raise MissingLoraError(f"LoRA {name!r}: no weights at {file}")
     state, metadata = QwenImagePipeline.lora_state_dict(str(file), return_lora_metadata=True)
+    check_finite_lora(state, f"LoRA {name!r} ({file})")
     QwenImagePipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=name,
                                                  metadata=metadata)
+
+
+def check_finite_lora(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``NonFiniteError`` naming ``what`` and the tensors when any weight is NaN or inf."""
+    bad = nonfinite_tensors(state.items())
+    if bad:
+        raise NonFiniteError(f"{what} has non-finite weights in {len(bad)} of {len(state)} tensors: {some(bad)}")
 
 
 def lora_bytes(path: str | Path) -> int:

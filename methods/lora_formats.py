@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.cache import nonfinite_tensors, some
+from bench.errors import BenchError, NonFiniteError
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LAYOUTS = ("diffusers", "peft", "kohya", "comfyui", "plain")
@@ -93,6 +94,10 @@ class LoraWeights:
             if self.down[m].dim() != 2 or self.up[m].dim() != 2 or self.down[m].shape[0] != self.up[m].shape[1]:
                 raise LoraFormatError(f"{self.source}: {m}: down {tuple(self.down[m].shape)} and up "
                                       f"{tuple(self.up[m].shape)} are not a rank-r pair")
+        bad = nonfinite_tensors([(f"{m}.down", t) for m, t in self.down.items()]
+                                + [(f"{m}.up", t) for m, t in self.up.items()])
+        if bad:
+            raise NonFiniteError(f"{self.source}: non-finite weights in {len(bad)} tensor(s): {some(bad)}")
 
     @property
     def modules(self) -> list[str]:

@@ -55,7 +55,8 @@ class MergeBaseline(StackedWithLightning):
 
         def build(out: Path) -> None:
             bb = ws.load_backbone()
-            bank = AdapterBank(bb.transformer)  # validated loading: ranks and targets must agree
+            bank = AdapterBank(bb.transformer)
+            bank.check(teachers)  # all validated first: ranks and targets must agree
             for name, path in teachers.items():
                 bank.add_teacher(name, path)
             merge_teachers(bb.transformer, list(teachers), self.spec)

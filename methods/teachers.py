@@ -87,4 +87,10 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
 
     path = ws.cache.get_or_build("teacher_outputs", key, build, config={"teacher": teacher.name},
                                  label=f"teacher outputs {effect.lora_name}")
-    return torch.load(path / "outputs.pt")
+    outputs = torch.load(path / "outputs.pt")
+    if not bool(torch.isfinite(outputs).all()):  # cached before the cache refused NaN artifacts
+        from bench.errors import NonFiniteError
+
+        raise NonFiniteError(f"cached teacher outputs of {effect.lora_name!r} ({path / 'outputs.pt'}) hold "
+                             f"NaN/inf; delete {path} and check the teacher LoRA {teacher}")
+    return outputs

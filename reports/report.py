@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from bench.grids import DeploymentCell
+from bench.store import UnreadableRowsError, read_rows
 from reports import paper_numbers as paper
 from reports import claims, plots, tables
 from reports.grids_images import GridColumn, image_grid, result_images
@@ -121,8 +123,15 @@ def load_cells(runs: Path) -> list[Cell]:
     for d in sorted((Path(runs) / "cells").glob("*/")):
         cfg_file = d / CONFIG
         config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-        rows = pd.read_parquet(d / ROWS) if (d / ROWS).exists() else None
-        error = (d / ERROR).read_text() if (d / ERROR).exists() and rows is None else None
+        rows, error = None, None
+        if (d / ROWS).exists():
+            try:
+                rows = read_rows(d / ROWS)
+            except UnreadableRowsError as err:  # a truncated file: an unfinished cell, said once
+                print(f"warning: {err}; reported as an unfinished cell (a rerun redoes it)", file=sys.stderr)
+                error = str(err)
+        if rows is None and error is None and (d / ERROR).exists():
+            error = (d / ERROR).read_text()
         kind = "deployment" if DeploymentCell.is_config(config) else "run"
         cell = Cell(d.name, d, config, rows, error, kind)
         if rows is not None and "step" in rows.columns and rows["step"].nunique() > 1:
