@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.config import config_hash, result_dict, to_dict
+from bench.effectbench import world_identity
 
 ROWS = "rows.parquet"
 
@@ -32,8 +33,13 @@ COLUMNS = ["run", "method", "ablation", "components", "preset", "n_effects", "ef
 
 
 def cell_id(cfg: Any) -> str:
-    """A cell's id: a short hash of its resolved config (bookkeeping fields left out)."""
-    return config_hash(result_dict(cfg))
+    """A cell's id: a short hash of its resolved config (bookkeeping fields left out), with a
+    dataset on disk named by its content: a dataset edited in place gives new ids, so a rerun
+    never "skips" a cell computed on other data."""
+    d = result_dict(cfg)
+    if isinstance(d, dict) and isinstance(d.get("world"), dict):
+        d["world"] = result_dict(world_identity(d["world"]))
+    return config_hash(d)
 
 
 class UnreadableRowsError(ValueError):

@@ -14,9 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, files_fingerprint
 from bench.config import RunConfig, config_hash, to_dict
-from bench.effectbench import EffectBench, EffectBenchError, EffectSpec, load_effectbench, load_image
+from bench.effectbench import (
+    EffectBench,
+    EffectBenchError,
+    EffectSpec,
+    load_effectbench,
+    load_image,
+    world_identity,
+)
 from bench.errors import MissingInputsError
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs
@@ -80,6 +87,14 @@ class Workspace:
         """The run's effects: the first ``n_effects`` of the catalogue."""
         return self.full_bench.select(self.cfg.n_effects)
 
+    def content_key(self, paths: list[Path]) -> list[str]:
+        """What keys add for files read from the dataset: their content fingerprint for a dataset
+        on disk (edited in place, it must not serve stale artifacts); nothing for the synthetic
+        world, whose files follow from its config, which every key already holds."""
+        if self.cfg.world.kind != "effectbench":
+            return []
+        return [files_fingerprint(sorted({Path(p) for p in paths}))]
+
     @property
     def image_size(self) -> int:
         return self.cfg.world.image_size
@@ -101,7 +116,7 @@ class Workspace:
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):  # real weights: keyed by what is loaded, not by pretraining
             return config_hash(self.cfg.backbone)
-        return config_hash(self.cfg.world, self.cfg.backbone, self.cfg.pretrain, self.cfg.sampling.shift)
+        return config_hash(world_identity(self.cfg.world), self.cfg.backbone, self.cfg.pretrain, self.cfg.sampling.shift)
 
     @cached_property
     def base_dir(self) -> Path:
@@ -144,7 +159,9 @@ class Workspace:
             return Path(effect.lora_path)
         from methods.teachers import train_teacher
 
-        key = config_hash(self.base_key, self.cfg.teacher, effect.lora_name, effect.prompt)
+        rows = self.full_bench.train_rows(effect.lora_name)
+        key = config_hash(self.base_key, self.cfg.teacher, effect.lora_name, effect.prompt,
+                          *self.content_key([p for r in rows for p in (r.source_image, r.target_image) if p]))
 
         def build(out: Path) -> None:
             rows = self.full_bench.train_rows(effect.lora_name)

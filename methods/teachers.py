@@ -47,21 +47,21 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
     if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
         return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
     teacher = ws.teacher_dir(effect, backbone)
-    # The images depend on the base model, the teacher, the sampler, the image size and the noise
-    # seed. A teacher trained here is named by its content key; a manifest ``lora_path`` only by
-    # its location, so its file's size and mtime stand in for its content.
+    # The images depend on the base model, the teacher and its prompt, the sampler, the image size,
+    # the noise seed and the sources. A teacher trained here is named by its content key (prompt
+    # included); a manifest ``lora_path`` by its file's bytes and the effect's prompt.
     if effect.lora_path is None:
         who = teacher.name
     else:
+        from bench.cache import files_fingerprint
         from methods.lora import WEIGHT_NAME
 
         file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
-        stat = file.stat() if file.exists() else None  # missing: load_lora says so when building
-        who = (str(file.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns)
+        who = (files_fingerprint([file]) if file.exists() else str(file), effect.prompt)  # missing: load_lora says so
     # Sampled with euler whatever the students use: dmd_sampler stays out of the key.
     sampling = {k: v for k, v in to_dict(ws.cfg.sampling).items() if k != "dmd_sampler"}
     key = config_hash(ws.base_key, who, sampling, ws.image_size, ws.cfg.world.seed,
-                      [str(r.source_image) for r in rows])
+                      [str(r.source_image) for r in rows], *ws.content_key([r.source_image for r in rows]))
 
     def build(out: Path) -> None:
         bb = backbone or ws.load_backbone()

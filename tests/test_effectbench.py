@@ -418,3 +418,42 @@ def test_lora_specific_test_row_data_type_must_match_effect(ds):
     _write_manifests(root, m)
     e = _load_err(root)
     assert str(e).startswith(_loc(root, "test.jsonl", 3) + "data_type 'portrait' does not match effect 'blur'")
+
+
+# ---- identity: keys of a dataset on disk follow its content, not its path (issue 14 item 5)
+
+
+def _keys(root: Path) -> tuple[str, str, list[str]]:
+    from dataclasses import replace
+
+    from bench.cache import ArtifactCache
+    from bench.config import PRESETS
+    from bench.store import cell_id
+    from bench.workspace import Workspace
+
+    cfg = PRESETS.get("smoke")()
+    cfg = replace(cfg, world=replace(cfg.world, kind="effectbench", root=str(root)), n_effects=2)
+    ws = Workspace(cfg, ArtifactCache(root.parent / "cache"))
+    return cell_id(cfg), ws.base_key, ws.content_key([root / "img" / "0.png", root / "img" / "1.png"])
+
+
+def test_a_dataset_edited_in_place_gets_new_cell_and_artifact_keys(ds):
+    import shutil
+
+    root, _ = ds
+    before = _keys(root)
+    copy = root.parent / "elsewhere" / "ds"
+    shutil.copytree(root, copy)
+    assert _keys(copy) == before                       # same content elsewhere: same cells, same artifacts
+    save_image(root / "img" / "1.png", _img(99))       # one training target edited in place
+    after = _keys(root)
+    assert after[0] != before[0] and after[1] != before[1] and after[2] != before[2]
+    assert _keys(root) == after                        # and stable while nothing changes
+
+
+def test_editing_a_manifest_prompt_changes_the_keys(ds):
+    root, m = ds
+    before = _keys(root)
+    m["effects.jsonl"][0]["prompt"] = m["effects.jsonl"][0]["prompt"] + ", stronger"
+    _write_manifests(root, m)
+    assert _keys(root)[0] != before[0]
