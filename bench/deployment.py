@@ -1,6 +1,6 @@
 """Deployment cost, measured (DESIGN 8; the paper's deployment table).
 
-For N effects served, one :class:`bench.grids.DeploymentCell` measures:
+For N effects served, one :class:`bench.cells.DeploymentCell` measures:
 
 * **storage**: bytes on disk of the adapter files needed. Baseline (the conventional pipeline):
   N per-effect LoRAs + the Lightning LoRA. Ours: ceil(N / capacity) CollectionLoRAs. The files
@@ -20,12 +20,12 @@ For N effects served, one :class:`bench.grids.DeploymentCell` measures:
   ``torch.cuda.max_memory_allocated`` on GPU, the process's peak resident set size sampled
   during the request on CPU.
 
-``python -m bench.deployment`` runs the cells on their own (same results layout as bench.run).
+``python -m bench.studies deployment`` runs the cells on their own (same results layout as bench.run);
+``python -m bench.run --grid deployment`` runs the paper's grid of them and its report.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -33,7 +33,6 @@ import os
 import random
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -490,40 +489,3 @@ def _deployment_backbone(ws: Any) -> Any:
     if kind == "tiny-qwen":
         return cls.create(ws.cfg.backbone, seed=ws.cfg.seed)
     return ws.load_backbone()
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.deployment", description=__doc__.split("\n")[0],
-                                epilog="example: python -m bench.deployment --preset smoke --n 10,50,150 --out runs")
-    p.add_argument("--preset", default="synth", help="config preset giving the shapes and world (default: synth)")
-    p.add_argument("--n", default=None, help="comma list of effect counts (default: the deployment grid's)")
-    p.add_argument("--out", default="runs", help="results directory, same layout as bench.run (default: ./runs)")
-    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/...)")
-    p.add_argument("--force", action="store_true", help="measure again even if a cell finished before")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-
-    from bench.cache import ArtifactCache
-    from bench.config import PRESETS, apply_overrides
-    from bench.grids import GRIDS
-    from bench.run import run_cell
-
-    base = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
-    cells = GRIDS.get("deployment")(base)
-    if args.n:
-        wanted = {int(x) for x in args.n.split(",")}
-        cells = [replace(c, n_effects=n) for n in sorted(wanted) for c in cells[:1]]
-    cache = ArtifactCache(args.cache)
-    for cell in cells:  # the same bookkeeping as every grid cell: skip if finished, atomic rows
-        rows = run_cell(cell, Path(args.out), cache, force=args.force)
-        summary = rows[rows.status == "ok"].groupby(["method", "metric", "router"])["value"].mean()
-        print(summary.to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

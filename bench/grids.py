@@ -16,8 +16,9 @@ Grids and what they reproduce:
 * ``methods``     the four paper methods on the run's own effects (a quick comparison)
 
 A cell is a ``RunConfig`` (train or load a method's adapters, evaluate) or a measurement cell,
-:class:`DeploymentCell`, that trains nothing; ``bench.run.run_cell`` runs and stores both the
-same way, locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds either kind).
+:class:`bench.cells.DeploymentCell`, that trains nothing; ``bench.runner.run_cell`` runs and
+stores both the same way, locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds
+either kind).
 
 Training curves: a curve point at step k is its own cell, ``ours`` with ``distill.steps=k``,
 and every curve cell carries ``distill.snapshot_every`` = the spacing of the points. The DMD
@@ -32,9 +33,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from bench.cells import DeploymentCell
 from bench.config import PRESETS, RunConfig
 from bench.registry import Registry
 
@@ -156,63 +157,6 @@ def curves(base: RunConfig) -> list[RunConfig]:
             for k in sorted(steps, reverse=True) for off in ABLATION_ROWS]
 
 
-@dataclass(frozen=True)
-class DeploymentCell:
-    """A measurement cell (no training): deployment cost of serving ``n_effects`` effects.
-
-    ``run(out, cache)`` returns tidy rows (bench/deployment.py). ``method`` / ``components_off``
-    let grid runners print it like a RunConfig cell.
-    """
-    base: RunConfig
-    n_effects: int
-    capacity: int = 50
-    routers: tuple[str, ...] = ("exact", "embedding", "mllm")
-    requests_per_effect: int = 4
-    timing_repeats: int = 5
-    seed: int = 0
-    method: str = "deployment"
-    components_off: tuple[str, ...] = ()
-
-    @property
-    def preset(self) -> str:
-        return self.base.preset
-
-    @classmethod
-    def is_config(cls, data: dict) -> bool:
-        """Whether a stored ``config.json`` dict is a deployment cell's (else a RunConfig's)."""
-        return "base" in data and "capacity" in data
-
-    @classmethod
-    def from_dict(cls, data: dict, run_config: Any) -> "DeploymentCell":
-        """Rebuild from ``config.json``; ``run_config(dict) -> RunConfig`` rebuilds the base."""
-        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k != "base"}
-        return cls(base=run_config(data["base"]), **fields)
-
-    def run(self, out: Path, cache: Any) -> Any:
-        from bench.deployment import measure_deployment
-
-        return measure_deployment(self, out=Path(out), cache=cache)
-
-
-# A grid cell: a RunConfig (train or load a method's adapters, then evaluate) or a measurement
-# cell that trains nothing and measures through its own ``run(out, cache) -> rows``.
-Cell = RunConfig | DeploymentCell
-
-
-def is_measurement(cell: Cell) -> bool:
-    """Whether ``cell`` is a measurement cell (``cell.run(out, cache)``), not a training run."""
-    return not isinstance(cell, RunConfig)
-
-
-def describe(cell: Cell) -> str:
-    """One line naming a cell, for logs and job labels."""
-    if isinstance(cell, DeploymentCell):
-        return f"deployment N={cell.n_effects} capacity={cell.capacity} seed={cell.seed}"
-    off = ",".join(cell.components_off) or "none"
-    steps = f" steps={cell.distill.steps}" if cell.method == "ours" else ""
-    return f"{cell.method} N={cell.n_effects} off={off}{steps} seed={cell.seed}"
-
-
 @GRIDS.register("deployment")
 def deployment(base: RunConfig) -> list[DeploymentCell]:
     """Deployment cost at 10 / 20 / 50 / 100 / 150 effects: storage, routing, switching, latency."""
@@ -233,6 +177,15 @@ def paper(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) ->
 def methods(base: RunConfig) -> list[RunConfig]:
     """The four paper methods on the run's effects."""
     return [replace(base, method=m, components_off=()) for m in PAPER_METHODS]
+
+
+def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[Any]:
+    """The cells of grid ``name`` made from ``base``; ``scaling_effects`` (``--scaling-effects``)
+    applies to the grids that hold the scaling study only."""
+    grid = GRIDS.get(name)
+    if scaling_effects and name not in ("scaling", "paper"):
+        raise ValueError(f"--scaling-effects applies to --grid scaling or paper, not {name!r}")
+    return grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
 
 
 def storage_collections(n_effects: int, capacity: int) -> int:

@@ -21,14 +21,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-
+from bench import runner
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
 from bench.errors import KNOWN_ERRORS
-from bench.grids import GRIDS, Cell, describe, is_measurement
+from bench.grids import GRIDS, grid_cells
 from bench.registry import UnknownNameError, parse_names
-from bench.store import ResultStore, UnreadableRowsError, cell_id
 from bench.threads import set_threads
 
 
@@ -43,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
     p.add_argument("--seed", type=int, default=None, help="training/sampling seed of the run")
     p.add_argument("--out", default="runs", help="results directory (default: ./runs)")
-    p.add_argument("--cache", default=None, help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
+    p.add_argument("--cache", default=None,
+                   help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")
     p.add_argument("--force", action="store_true", help="rerun a cell even if it finished before")
     p.add_argument("--grid", default=None, help="run a grid of cells (see --list grids) instead of one run")
     p.add_argument("--scaling-effects", default=None, metavar="N,N,...",
@@ -108,148 +107,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame | None:
-    """Run one grid cell and store its rows; a finished cell is skipped (returns its stored rows).
-
-    A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
-    measurement cell such as ``bench.grids.DeploymentCell`` (nothing trained: ``cell.run(out,
-    cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
-    renamed into place last, so only a complete cell ever looks finished. Stored rows that do
-    not read (truncated) are reported in one line and the cell is rerun.
-
-    Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
-    trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
-    the other ranks return None.
-    """
-    from methods import distributed
-
-    store = ResultStore(out)
-    cid = cell_id(cell)
-    if not is_measurement(cell):  # every missing input at once, before anything is written or trained
-        from bench.workspace import Workspace
-
-        Workspace(cell, cache).check_inputs()
-    if not force and store.is_done(cid):
-        try:
-            rows = store.read_cell(cid)
-        except UnreadableRowsError as err:
-            print(f"warning: {err}; rerunning cell {cid}", file=sys.stderr)
-        else:
-            print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
-            return rows
-    if not distributed.current().is_main:
-        if not is_measurement(cell):
-            _prepare(cell, cache)
-        return None
-    store.write_config(cid, cell)
-    t0 = time.perf_counter()
-    if is_measurement(cell):
-        rows = cell.run(out, cache)
-        timing = f"measured in {time.perf_counter() - t0:.1f}s"
-    else:
-        rows, timing = _train_and_evaluate(cell, store, cid, cache)
-    store.write_rows(cid, rows)
-    print(f"cell {cid} ({describe(cell)}): {timing}, {len(rows)} rows -> {store.cell_dir(cid)}")
-    return rows
-
-
-def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
-                        cache: ArtifactCache) -> tuple[pd.DataFrame, str]:
-    """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
-    from bench.evaluate import evaluate
-    from methods.backbones.prompt_cache import prompt_cache_report
-    from metrics import METRICS
-    from metrics.cache import forward_report
-
-    t0 = time.perf_counter()
-    ws, method, effects = _prepare(cfg, cache)
-    t1 = time.perf_counter()
-    metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
-    rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
-    t2 = time.perf_counter()
-    print(forward_report())
-    if report := prompt_cache_report():
-        print(report)
-    return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
-
-
-def _prepare(cfg: RunConfig, cache: ArtifactCache):  # noqa: ANN202
-    """The cell's method with its adapters trained or loaded: (workspace, method, effects)."""
-    from bench.workspace import Workspace
-    from methods import METHODS, resolve_components
-
-    method_cls = METHODS.get(cfg.method)
-    ws = Workspace(cfg, cache)
-    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
-    effects = list(ws.bench.effects)
-    method.prepare(effects)
-    return ws, method, effects
-
-
-def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
-             executor: str = "local", slurm=None, wait: bool = False,
-             scaling_effects: tuple[int, ...] | None = None) -> int:
-    """Run every cell of a grid, then write the markdown report (``<out>/report.md``).
-
-    Locally a failing cell does not stop the others: its traceback goes to its ``error.txt``,
-    the report names it and the failures are listed last. ``executor`` debug/slurm submits the
-    grid as submitit jobs instead (slurm/dispatch.py; its last stage writes the same report).
-    Returns 0 when every cell finished and the report was written, else 1.
-    """
-    import traceback
-
-    grid = GRIDS.get(name)
-    if scaling_effects and name not in ("scaling", "paper"):
-        raise ValueError(f"--scaling-effects applies to --grid scaling or paper, not {name!r}")
-    cells = grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
-    if executor != "local":
-        from slurm.dispatch import run_cli
-        from slurm.executors import SlurmConfig
-
-        return run_cli(cells, out, str(cache.root), executor=executor, slurm=slurm or SlurmConfig(),
-                       name=name, force=force, wait=wait)
-    print(f"grid {name}: {len(cells)} cells -> {out}")
-    started = time.perf_counter()
-    store = ResultStore(out)
-    failed = []
-    for i, cell in enumerate(cells):
-        cid = cell_id(cell)
-        error = store.cell_dir(cid) / "error.txt"
-        print(f"[{i + 1}/{len(cells)}] cell {cid}: {describe(cell)}", flush=True)
-        try:
-            run_cell(cell, out, cache, force=force)
-            error.unlink(missing_ok=True)  # an earlier failure of this cell is stale now
-        except Exception as err:  # noqa: BLE001 -- one failing cell must not stop the grid
-            failed.append((cid, cell, err))
-            error.parent.mkdir(parents=True, exist_ok=True)
-            error.write_text(traceback.format_exc())
-            print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-    print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
-          f"{time.perf_counter() - started:.1f}s")
-    from methods import distributed
-
-    # under torchrun every rank runs the grid; rank 0 alone wrote the rows and writes the report
-    report_ok = _write_report(out, cache) if distributed.current().is_main else True
-    for cid, cell, err in failed:
-        print(f"FAILED cell {cid} ({describe(cell)}): {type(err).__name__}: {err} "
-              f"(traceback: {store.cell_dir(cid) / 'error.txt'})", file=sys.stderr)
-    return 1 if failed or not report_ok else 0
-
-
-def _write_report(out: Path, cache: ArtifactCache) -> bool:
-    """``python -m bench.report OUT``; a report that fails to build is said loudly, rows stay."""
-    import traceback
-
-    from bench.report import main as report_main
-
-    try:
-        return report_main([str(out), "--cache", str(cache.root)]) == 0
-    except Exception:  # noqa: BLE001 -- the cells' rows are stored; say so and how to retry
-        traceback.print_exc()
-        print(f"report FAILED; the rows are stored, retry with: python -m bench.report {out}", file=sys.stderr)
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     """The CLI. A known error (bench/errors.py) is one ``error:`` line and exit status 1
     (``--debug``: the traceback); Ctrl-C says what is kept and how to go on."""
@@ -281,7 +138,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         slurm = _slurm_config(args)  # takes the slurm.* overrides out of args.overrides
         if args.status:
-            from slurm.status import print_status, resubmit_failed
+            from slurm.dispatch import resubmit_failed
+            from slurm.status import print_status
 
             if args.resubmit_failed:
                 resubmit_failed(args.status, executor=args.executor, wait=args.wait,
@@ -300,16 +158,17 @@ def _main(args: argparse.Namespace) -> int:
         print("error: under torchrun run one cell (--method ...); a grid runs its cells data-parallel with "
               "--executor slurm slurm.tasks_per_node=N", file=sys.stderr)
         return 2
-    if args.grid:
-        return run_grid(args.grid, cfg, Path(args.out), ArtifactCache(args.cache), force=args.force,
-                        executor=args.executor or "local", slurm=slurm, wait=args.wait,
-                        scaling_effects=scaling_effects)
-    if (args.executor or "local") != "local":
+    if (args.executor or "local") != "local":  # submitit jobs by stage (slurm/dispatch.py)
         from slurm.dispatch import run_cli
 
-        return run_cli([cfg], Path(args.out), args.cache, executor=args.executor, slurm=slurm,
-                       name=cfg.method, force=args.force, wait=args.wait)
-    rows = run_cell(cfg, Path(args.out), ArtifactCache(args.cache), force=args.force)
+        cells = grid_cells(args.grid, cfg, scaling_effects=scaling_effects) if args.grid else [cfg]
+        return run_cli(cells, Path(args.out), args.cache, executor=args.executor, slurm=slurm,
+                       name=args.grid or cfg.method, force=args.force, wait=args.wait)
+    cache = ArtifactCache(args.cache)
+    if args.grid:
+        return runner.run_grid(args.grid, cfg, Path(args.out), cache, force=args.force,
+                               scaling_effects=scaling_effects)
+    rows = runner.run_cell(cfg, Path(args.out), cache, force=args.force)
     if rows is None:  # a rank other than 0 of a data-parallel run: rank 0 reports
         return 0
     print()
@@ -347,7 +206,8 @@ def list_names(what: str) -> int:
             print(f"{name:14s} {arrow} compares {'+'.join(info.compares):28s} {info.description}")
     elif what == "grids":
         for name in GRIDS.names():
-            print(f"{name:14s} {(GRIDS.get(name).__doc__ or '').strip().splitlines()[0] if GRIDS.get(name).__doc__ else ''}")
+            doc = GRIDS.get(name).__doc__
+            print(f"{name:14s} {doc.strip().splitlines()[0] if doc else ''}")
     else:
         for name in PRESETS.names():
             print(f"{name:14s} {(PRESETS.get(name).__doc__ or '').strip()}")

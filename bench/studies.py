@@ -6,9 +6,13 @@
 * ``extension``: incremental extension -- a CollectionLoRA distilled on the first N effects is
   extended to M new effects (initialised from it, trained on the new ones); forgetting is the
   drop of the old effects' scores.
+* ``deployment``: the deployment-cost cells (bench/deployment.py) at chosen numbers of effects,
+  run and stored like every grid cell (``python -m bench.run --grid deployment``: the paper's Ns
+  and the report).
 
     python -m bench.studies composition --preset smoke --pairs 2
     python -m bench.studies extension --preset smoke --new 1
+    python -m bench.studies deployment --preset smoke --n 10,50,150
 """
 
 from __future__ import annotations
@@ -142,16 +146,21 @@ def extension(ws: Workspace, n_new: int) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.studies", description=__doc__.split("\n")[0])
-    ap.add_argument("study", choices=["composition", "extension"])
+    ap.add_argument("study", choices=["composition", "extension", "deployment"])
     ap.add_argument("--preset", default="synth")
     ap.add_argument("--effects", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--pairs", type=int, default=4, help="composition: effect pairs")
     ap.add_argument("--new", type=int, default=2, help="extension: new effects added")
+    ap.add_argument("--n", default=None,
+                    help="deployment: comma list of effect counts (default: the deployment grid's)")
+    ap.add_argument("--force", action="store_true", help="deployment: measure again even if a cell finished before")
     ap.add_argument("--out", default="runs")
     ap.add_argument("--cache", default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
+    if args.study == "deployment":
+        return deployment(args)
     cfg: RunConfig = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
     cfg = replace(cfg, method="ours", n_effects=args.effects or cfg.n_effects,
                   eval=replace(cfg.eval, limit=args.limit if args.limit is not None else cfg.eval.limit))
@@ -168,6 +177,25 @@ def main(argv: list[str] | None = None) -> int:
     table = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="mean")
     print(f"{args.study} ({cfg.preset}, {cfg.n_effects} effects) -> {store.cell_dir(cid)}")
     print(table.round(4).to_markdown())
+    return 0
+
+
+def deployment(args: argparse.Namespace) -> int:
+    """The deployment cells at ``--n`` (default: the grid's), with the same bookkeeping as every
+    grid cell (skipped when finished, rows written atomically); prints the mean of each measure."""
+    from bench.grids import GRIDS
+    from bench.runner import run_cell
+
+    base = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
+    cells = GRIDS.get("deployment")(base)
+    if args.n:
+        wanted = {int(x) for x in args.n.split(",")}
+        cells = [replace(c, n_effects=n) for n in sorted(wanted) for c in cells[:1]]
+    cache = ArtifactCache(args.cache)
+    for cell in cells:
+        rows = run_cell(cell, Path(args.out), cache, force=args.force)
+        summary = rows[rows.status == "ok"].groupby(["method", "metric", "router"])["value"].mean()
+        print(summary.to_string())
     return 0
 
 

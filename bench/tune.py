@@ -1,6 +1,6 @@
 """``python -m bench.tune``: an optuna study over CollectionLoRA's distillation hyper-parameters.
 
-Each trial is one run cell (``bench.run.run_cell``) submitted as a submitit job (``--executor
+Each trial is one run cell (``bench.runner.run_cell``) submitted as a submitit job (``--executor
 local|debug|slurm``); its objective is the mean of ``--metric`` over the cell's result rows.
 While a trial trains, the student is scored on a few test samples at every DMD checkpoint and
 the driver reports these intermediate values to optuna: the median pruner cancels trials that
@@ -122,7 +122,7 @@ class TrialJob(submitit.helpers.Checkpointable):
     intermediate scores at every DMD checkpoint; returns the mean of ``metric``."""
 
     def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
-        from bench.run import run_cell
+        from bench.runner import run_cell
         from bench.workspace import Workspace
         from methods import METHODS, resolve_components
         from slurm.dispatch import _job_threads, load_config
@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
     p.add_argument("--seed", type=int, default=None, help="training/sampling seed of every trial")
-    p.add_argument("--metric", default="gt_mode_psnr", help="objective: mean of this metric's rows (default gt_mode_psnr)")
+    p.add_argument("--metric", default="gt_mode_psnr",
+                   help="objective: mean of this metric's rows (default gt_mode_psnr)")
     p.add_argument("--direction", choices=["maximize", "minimize"], default=None,
                    help="default: from the metric's higher_is_better")
     p.add_argument("--space", default="p_switch,tafm_weight,ts_weight,rank,lr",

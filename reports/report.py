@@ -12,7 +12,7 @@ Which cells feed which table is read from their resolved configs (no grid bookke
 * main N: the number of effects with the most distinct (method, ablation) final cells;
 * main table: final cells at main N without ablation; ablation table: final ``ours`` cells at
   main N; scaling: final cells of the four paper methods over every N; deployment: measurement
-  cells (``bench.grids.DeploymentCell``).
+  cells (``bench.cells.DeploymentCell``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.grids import DeploymentCell
+from bench.cells import DeploymentCell
 from bench.store import UnreadableRowsError, read_rows
-from reports import paper_numbers as paper
 from reports import claims, plots, tables
+from reports import paper_numbers as paper
 from reports.grids_images import GridColumn, image_grid, result_images
 
 ROWS, CONFIG, ERROR = "rows.parquet", "config.json", "error.txt"

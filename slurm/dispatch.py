@@ -20,7 +20,7 @@ build, ``ResultStore.is_done``) is not submitted. Anything not prebuilt here (e.
 ``SHARED_NEEDS`` table does not know) is built by the cell job itself under the cache's file
 lock, so the table only saves time; it never decides correctness.
 
-Measurement cells (``bench.grids.DeploymentCell``: deployment cost) train nothing, so they need
+Measurement cells (``bench.cells.DeploymentCell``: deployment cost) train nothing, so they need
 no shared stage; they run in the cells array like the others.
 
 Jobs receive the path of the cell's resolved ``config.json`` (written before submission), never
@@ -48,11 +48,12 @@ from typing import Any
 import submitit
 
 from bench.cache import ArtifactCache
+from bench.cells import Cell, DeploymentCell, describe, is_measurement
 from bench.config import RunConfig, config_hash
-from bench.grids import Cell, DeploymentCell, describe, is_measurement
 from bench.progress import log_interval
 from bench.store import ResultStore, cell_id
-from slurm.executors import SlurmConfig, check_kind, make_executor
+from slurm.executors import SlurmConfig, check_kind, make_executor, slurm_config_from_dict
+from slurm.status import cell_status, failed_cells, load_records, print_status, record_job_states
 
 SHARED_STAGES: tuple[str, ...] = ("base", "teachers", "lightning")
 
@@ -173,11 +174,11 @@ class ArtifactJob(_Requeueable):
 
 
 class CellJob(_Requeueable):
-    """One grid cell (training run or measurement): ``bench.run.run_cell`` on the cell stored at
+    """One grid cell (training run or measurement): ``bench.runner.run_cell`` on the cell stored at
     ``config_path``."""
 
     def __call__(self, config_path: str, out: str, cache: str, force: bool = False) -> dict:
-        from bench.run import run_cell
+        from bench.runner import run_cell
 
         _job_setup()
         cell = load_cell(config_path)
@@ -343,8 +344,6 @@ class Submission:
 
     def wait(self, poll_s: float = 3.0, timeout_s: float | None = None) -> dict[str, str]:
         """Block until no job of this submission is queued or running; returns cell -> state."""
-        from slurm.status import cell_status, record_job_states
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         started = last_line = time.monotonic()
         while True:
@@ -483,23 +482,33 @@ def _write_record(sub: Submission) -> None:
     os.replace(tmp, sub.record_path)
 
 
-def load_records(out: str | Path) -> list[dict]:
-    """All submission records of a run directory, oldest first."""
-    paths = sorted((Path(out) / "submissions").glob("*.json"))
-    return [json.loads(p.read_text()) | {"_path": str(p)} for p in paths]
-
-
 # --------------------------------------------------------------------------------------------
 # CLI glue (bench.run --executor debug|slurm)
 
 
 def run_cli(cells: list[Cell], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
             name: str, force: bool, wait: bool) -> int:
-    from slurm.status import print_status
-
     started = time.perf_counter()
     submit(cells, out, cache, executor=executor, slurm=slurm, name=name, force=force, wait=wait)
     if executor == "slurm" and not wait:
         return 0
     print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")
     return print_status(out)
+
+
+def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None, wait: bool = False):  # noqa: ANN001
+    """Resubmit only the failed cells, with the executor and resources of their last submission
+    (unless given). Returns the new Submission, or None when nothing failed."""
+    out = Path(out)
+    cids = failed_cells(out)
+    if not cids:
+        print(f"{out}: no failed cells")
+        return None
+    records = load_records(out)
+    last = records[-1] if records else {}
+    cfgs = [load_cell(ResultStore(out).cell_dir(cid) / "config.json") for cid in cids]
+    slurm = slurm or (slurm_config_from_dict(last["slurm"]) if last.get("slurm") else None)
+    kwargs = {"slurm": slurm} if slurm is not None else {}
+    print(f"resubmitting {len(cids)} cell(s): {', '.join(cids)}")
+    return submit(cfgs, out, last.get("cache"), executor=executor or last.get("executor", "slurm"),
+                  name=f"{last.get('name', 'run')}-resubmit", wait=wait, **kwargs)

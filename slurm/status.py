@@ -1,8 +1,9 @@
 """State of a run directory: each cell as SLURM sees its job and as the results store sees it.
 
 ``python -m bench.run --status RUN_DIR`` prints one line per cell; ``--resubmit-failed``
-resubmits the cells that are neither finished nor queued/running (their shared artifacts
-are re-checked and rebuilt only if missing).
+resubmits the cells that are neither finished nor queued/running (``slurm.dispatch.resubmit_failed``:
+their shared artifacts are re-checked and rebuilt only if missing). This module only reads: the
+submission records slurm/dispatch.py writes, the scheduler and the results store.
 
 Job states come from ``squeue`` (queued/running), then from the job's submitit result file
 (finished: success or error), then from ``sacct`` where accounting is on; a job found in none
@@ -11,6 +12,7 @@ of them is ``GONE`` (cancelled, e.g. by a failed dependency, or killed without a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +100,12 @@ def result_state(log_folder: str | None, job_id: str, not_before: float = 0.0) -
     return JobState("FAILED", last)
 
 
+def load_records(out: str | Path) -> list[dict]:
+    """All submission records of a run directory (written by slurm/dispatch.py), oldest first."""
+    paths = sorted((Path(out) / "submissions").glob("*.json"))
+    return [json.loads(p.read_text()) | {"_path": str(p)} for p in paths]
+
+
 def record_job_states(record: dict) -> dict[str, JobState]:
     """Every job of one submission record -> its state."""
     jobs = [j for j in record.get("jobs", []) if j.get("job_id")]
@@ -136,8 +144,6 @@ def _pid_alive(job_id: str) -> bool:
 
 def cell_status(out: str | Path) -> pd.DataFrame:
     """One row per cell of ``out``: job id and state, store state, overall state and a note."""
-    from slurm.dispatch import load_records
-
     out = Path(out)
     store = ResultStore(out)
     latest: dict[str, tuple[dict, dict]] = {}   # cell -> (record, its entry), newest record wins
@@ -178,8 +184,6 @@ def cell_status(out: str | Path) -> pd.DataFrame:
 
 def shared_status(out: str | Path) -> pd.DataFrame:
     """Jobs of the shared stages and the report (latest record that has them)."""
-    from slurm.dispatch import load_records
-
     rows = []
     for record in load_records(out):
         states = record_job_states(record)
@@ -218,24 +222,3 @@ def failed_cells(out: str | Path) -> list[str]:
     table = cell_status(out)
     return list(table.loc[~table["state"].isin(["done", "pending", "running", "requeued", "completing",
                                                "configuring", "suspended"]), "cell"])
-
-
-def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None, wait: bool = False):  # noqa: ANN001
-    """Resubmit only the failed cells, with the executor and resources of their last submission
-    (unless given). Returns the new Submission, or None when nothing failed."""
-    from slurm.dispatch import load_cell, load_records, submit
-    from slurm.executors import slurm_config_from_dict
-
-    out = Path(out)
-    cids = failed_cells(out)
-    if not cids:
-        print(f"{out}: no failed cells")
-        return None
-    records = load_records(out)
-    last = records[-1] if records else {}
-    cfgs = [load_cell(ResultStore(out).cell_dir(cid) / "config.json") for cid in cids]
-    slurm = slurm or (slurm_config_from_dict(last["slurm"]) if last.get("slurm") else None)
-    kwargs = {"slurm": slurm} if slurm is not None else {}
-    print(f"resubmitting {len(cids)} cell(s): {', '.join(cids)}")
-    return submit(cfgs, out, last.get("cache"), executor=executor or last.get("executor", "slurm"),
-                  name=f"{last.get('name', 'run')}-resubmit", wait=wait, **kwargs)

@@ -14,10 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bench.cache import ArtifactCache
+from bench.cells import DeploymentCell
 from bench.config import PRESETS, BackboneConfig, LoraTrainConfig
 from bench.effectbench import EffectSpec, TrainRow
 from bench.errors import NonFiniteError
-from bench.grids import DeploymentCell
 from bench.store import COLUMNS, ResultStore, cell_id
 from methods.adapters import AdapterBank, LoraMismatchError
 from methods.backbones.tiny_qwen import TinyQwenBackbone
@@ -163,7 +163,7 @@ class _CountingCell(DeploymentCell):
 
 
 def test_truncated_rows_are_reported_and_the_cell_rerun(tmp_path, capsys):
-    from bench.run import run_cell
+    from bench.runner import run_cell
 
     cell, cache = _CountingCell(base=PRESETS.get("smoke")(), n_effects=1), ArtifactCache(tmp_path / "c", verbose=False)
     store = ResultStore(tmp_path)

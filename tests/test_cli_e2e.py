@@ -149,7 +149,8 @@ def test_grid_with_a_real_deployment_cell_runs_and_reports(tmp_path, cache_dir, 
     both are stored, and the report written at the end fills the main and deployment tables."""
     from dataclasses import replace
 
-    from bench.grids import GRIDS, DeploymentCell
+    from bench.cells import DeploymentCell
+    from bench.grids import GRIDS
 
     def tiny_paper(base):
         return [replace(base, method="base"),

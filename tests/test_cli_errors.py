@@ -10,6 +10,7 @@ import time
 import pytest
 
 import bench.run as cli
+import bench.runner
 from bench.errors import MissingInputsError
 from bench.progress import progress
 from bench.threads import choose_threads
@@ -38,7 +39,7 @@ def test_a_known_error_during_a_run_is_one_line_and_exit_1(tmp_path, capsys, mon
     def fails(*args, **kwargs):
         raise FileNotFoundError("/data/teacher_07.safetensors: no such file")
 
-    monkeypatch.setattr(cli, "run_cell", fails)
+    monkeypatch.setattr(bench.runner, "run_cell", fails)
     assert cli.main(["--preset", "smoke", "--out", str(tmp_path), "--cache", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: /data/teacher_07.safetensors: no such file  (--debug: traceback)"]
@@ -54,7 +55,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, capsys, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_cell", interrupted)
+    monkeypatch.setattr(bench.runner, "run_cell", interrupted)
     assert cli.main(["--preset", "smoke", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "c")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and str(tmp_path / "c") in err and "same command again" in err
@@ -101,13 +102,13 @@ def test_thread_choice_respects_the_user_before_slurm_and_load(monkeypatch):
 
 
 def test_waiting_for_jobs_logs_a_line_at_an_interval(monkeypatch, capsys, tmp_path):
-    from slurm import dispatch, status
+    from slurm import dispatch
     from slurm.status import JobState
 
     polls = iter([True, True, True, False])
-    monkeypatch.setattr(status, "record_job_states",
+    monkeypatch.setattr(dispatch, "record_job_states",
                         lambda record: {"1_0": JobState("RUNNING" if next(polls) else "COMPLETED")})
-    monkeypatch.setattr(status, "cell_status", lambda out: {"cell": [], "state": []})
+    monkeypatch.setattr(dispatch, "cell_status", lambda out: {"cell": [], "state": []})
     monkeypatch.setenv("BENCH_PROGRESS_EVERY", "0.001")
     sub = dispatch.Submission(tmp_path / "record.json", {"out": str(tmp_path)})
     sub.wait(poll_s=0.01)

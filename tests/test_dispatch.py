@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, to_dict
 from bench.store import COLUMNS, ResultStore, cell_id
-from slurm.dispatch import CellJob, config_from_dict, load_config, plan, submit
+from slurm.dispatch import CellJob, config_from_dict, load_config, plan, resubmit_failed, submit
 from slurm.executors import SlurmConfig, slurm_parameters
-from slurm.status import cell_status, failed_cells, print_status, resubmit_failed
+from slurm.status import cell_status, failed_cells, print_status
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # job functions defined here
 
@@ -129,7 +129,7 @@ def _storage_rows(cell) -> pd.DataFrame:  # noqa: ANN001 -- a stand-in for Deplo
 
 
 def test_deployment_cell_needs_no_training_stage_and_is_rebuilt_from_its_config(tmp_path: Path) -> None:
-    from bench.grids import DeploymentCell
+    from bench.cells import DeploymentCell
     from slurm.dispatch import load_cell
 
     base = tiny(n_effects=1, method="lightning")
@@ -152,19 +152,19 @@ def test_deployment_cell_needs_no_training_stage_and_is_rebuilt_from_its_config(
 @pytest.mark.e2e
 def test_debug_executor_grid_failed_cell_status_and_resubmit(tmp_path: Path, cache_dir: Path, monkeypatch,
                                                              capsys) -> None:
-    import bench.run
+    import bench.runner
 
     out = tmp_path / "runs"
     cells = [tiny(seed=0), tiny(seed=1)]
     bad = cell_id(cells[1])
-    real_run_cell = bench.run.run_cell
+    real_run_cell = bench.runner.run_cell
 
     def flaky(cfg, *a, **k):
         if cell_id(cfg) == bad:
             raise RuntimeError("node lost (injected)")
         return real_run_cell(cfg, *a, **k)
 
-    monkeypatch.setattr(bench.run, "run_cell", flaky)
+    monkeypatch.setattr(bench.runner, "run_cell", flaky)
     sub = submit(cells, out, cache_dir, executor="debug", name="two")
     stages = [j["stage"] for j in sub.record["jobs"]]
     assert stages == ["base", "teachers", "cells", "cells", "report"]
@@ -176,7 +176,7 @@ def test_debug_executor_grid_failed_cell_status_and_resubmit(tmp_path: Path, cac
     assert bad in (out / "report.md").read_text()
     assert print_status(out) == 1
 
-    monkeypatch.setattr(bench.run, "run_cell", real_run_cell)
+    monkeypatch.setattr(bench.runner, "run_cell", real_run_cell)
     again = resubmit_failed(out)
     assert [j["stage"] for j in again.record["jobs"]] == ["cells", "report"]   # shared artifacts cached
     assert list(again.record["cells"]) == [bad]
@@ -264,7 +264,7 @@ def test_debug_executor_runs_a_deployment_cell_and_resubmits_it_after_a_failure(
                                                                                 monkeypatch) -> None:
     """The submitted grid path (``--executor debug``): the cell job rebuilds the DeploymentCell from
     config.json, a failed measurement is named by --status and resubmitted as a DeploymentCell."""
-    from bench.grids import DeploymentCell
+    from bench.cells import DeploymentCell
 
     dep = DeploymentCell(base=tiny(), n_effects=3, capacity=2)
     out = tmp_path / "runs"

@@ -7,9 +7,17 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from bench.cells import DeploymentCell
 from bench.config import PRESETS
-from bench.grids import (ABLATION_ROWS, GRIDS, MERGE_METHODS, PAPER_METHODS, SMOKE_SIZES, DeploymentCell,
-                         curve_steps, storage_collections)
+from bench.grids import (
+    ABLATION_ROWS,
+    GRIDS,
+    MERGE_METHODS,
+    PAPER_METHODS,
+    SMOKE_SIZES,
+    curve_steps,
+    storage_collections,
+)
 from bench.store import cell_id
 
 
@@ -152,7 +160,7 @@ def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_pa
     import json
 
     from bench.cache import ArtifactCache
-    from bench.run import run_grid
+    from bench.runner import run_grid
     from bench.store import ResultStore
     from slurm.dispatch import load_cell
 
@@ -194,7 +202,7 @@ def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_pa
 
 
 def test_describe_names_each_kind_of_cell(smoke):
-    from bench.grids import describe, is_measurement
+    from bench.cells import describe, is_measurement
 
     dep = GRIDS.get("deployment")(smoke)[0]
     assert is_measurement(dep) and not is_measurement(smoke)

@@ -9,7 +9,7 @@ import pytest
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, apply_overrides
-from bench.run import run_cell
+from bench.runner import run_cell
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.cells import DeploymentCell
 from bench.config import PRESETS
-from bench.grids import ABLATION_ROWS, DeploymentCell
+from bench.grids import ABLATION_ROWS
 from bench.store import COLUMNS, ResultStore, cell_id
 from reports import tables
 

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides
 from bench.store import ResultStore, cell_id
-from slurm.dispatch import submit
+from slurm.dispatch import resubmit_failed, submit
 from slurm.executors import SlurmConfig
-from slurm.status import cell_status, failed_cells, print_status, resubmit_failed
+from slurm.status import cell_status, failed_cells, print_status
 
 pytestmark = pytest.mark.slurm
 
@@ -97,7 +97,7 @@ def test_grid_arrays_failed_and_cancelled_tasks_status_and_resubmit(slurm_cluste
     assert ResultStore(out).read_all()["run"].nunique() == 3
 
     # the same cell run locally gives the rows the cluster wrote (what the report is built from)
-    from bench.run import run_cell
+    from bench.runner import run_cell
 
     local = run_cell(ok[0], tmp_path / "local", ArtifactCache(cache_dir, verbose=False))
     remote = ResultStore(out).read_cell(cell_id(ok[0]))

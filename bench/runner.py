@@ -1,0 +1,154 @@
+"""The runner: run one cell, or a grid of cells in this process, and store their rows.
+
+``run_cell`` is the one way a cell runs -- from the CLI (bench/run.py), in a submitted job
+(slurm/dispatch.py ``CellJob``), in a tuning trial (bench/tune.py) and in a study -- so every
+cell is skipped when finished, written config first and rows last, the same everywhere.
+``run_grid`` runs a grid's cells one after the other here, then writes the report; submitting
+a grid as jobs instead is slurm/dispatch.py's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.cache import ArtifactCache
+from bench.cells import Cell, describe, is_measurement
+from bench.config import RunConfig
+from bench.grids import grid_cells
+from bench.store import ResultStore, UnreadableRowsError, cell_id
+
+
+def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame | None:
+    """Run one grid cell and store its rows; a finished cell is skipped (returns its stored rows).
+
+    A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
+    measurement cell such as ``bench.cells.DeploymentCell`` (nothing trained: ``cell.run(out,
+    cache)`` measures and returns rows). Both are stored the same way: config.json first, rows
+    renamed into place last, so only a complete cell ever looks finished. Stored rows that do
+    not read (truncated) are reported in one line and the cell is rerun.
+
+    Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
+    trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
+    the other ranks return None.
+    """
+    from methods import distributed
+
+    store = ResultStore(out)
+    cid = cell_id(cell)
+    if not is_measurement(cell):  # every missing input at once, before anything is written or trained
+        from bench.workspace import Workspace
+
+        Workspace(cell, cache).check_inputs()
+    if not force and store.is_done(cid):
+        try:
+            rows = store.read_cell(cid)
+        except UnreadableRowsError as err:
+            print(f"warning: {err}; rerunning cell {cid}", file=sys.stderr)
+        else:
+            print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
+            return rows
+    if not distributed.current().is_main:
+        if not is_measurement(cell):
+            _prepare(cell, cache)
+        return None
+    store.write_config(cid, cell)
+    t0 = time.perf_counter()
+    if is_measurement(cell):
+        rows = cell.run(out, cache)
+        timing = f"measured in {time.perf_counter() - t0:.1f}s"
+    else:
+        rows, timing = _train_and_evaluate(cell, store, cid, cache)
+    store.write_rows(cid, rows)
+    print(f"cell {cid} ({describe(cell)}): {timing}, {len(rows)} rows -> {store.cell_dir(cid)}")
+    return rows
+
+
+def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
+                        cache: ArtifactCache) -> tuple[pd.DataFrame, str]:
+    """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
+    from bench.evaluate import evaluate
+    from methods.backbones.prompt_cache import prompt_cache_report
+    from metrics import METRICS
+    from metrics.cache import forward_report
+
+    t0 = time.perf_counter()
+    ws, method, effects = _prepare(cfg, cache)
+    t1 = time.perf_counter()
+    metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
+    rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
+    t2 = time.perf_counter()
+    print(forward_report())
+    if report := prompt_cache_report():
+        print(report)
+    return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
+
+
+def _prepare(cfg: RunConfig, cache: ArtifactCache):  # noqa: ANN202
+    """The cell's method with its adapters trained or loaded: (workspace, method, effects)."""
+    from bench.workspace import Workspace
+    from methods import METHODS, resolve_components
+
+    method_cls = METHODS.get(cfg.method)
+    ws = Workspace(cfg, cache)
+    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
+    effects = list(ws.bench.effects)
+    method.prepare(effects)
+    return ws, method, effects
+
+
+def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
+             scaling_effects: tuple[int, ...] | None = None) -> int:
+    """Run every cell of a grid in this process, then write the markdown report (``<out>/report.md``).
+
+    A failing cell does not stop the others: its traceback goes to its ``error.txt``, the report
+    names it and the failures are listed last. (``bench.run --executor debug|slurm`` submits the
+    grid as submitit jobs instead: slurm/dispatch.py; its last stage writes the same report.)
+    Returns 0 when every cell finished and the report was written, else 1.
+    """
+    import traceback
+
+    cells = grid_cells(name, base, scaling_effects=scaling_effects)
+    print(f"grid {name}: {len(cells)} cells -> {out}")
+    started = time.perf_counter()
+    store = ResultStore(out)
+    failed = []
+    for i, cell in enumerate(cells):
+        cid = cell_id(cell)
+        error = store.cell_dir(cid) / "error.txt"
+        print(f"[{i + 1}/{len(cells)}] cell {cid}: {describe(cell)}", flush=True)
+        try:
+            run_cell(cell, out, cache, force=force)
+            error.unlink(missing_ok=True)  # an earlier failure of this cell is stale now
+        except Exception as err:  # noqa: BLE001 -- one failing cell must not stop the grid
+            failed.append((cid, cell, err))
+            error.parent.mkdir(parents=True, exist_ok=True)
+            error.write_text(traceback.format_exc())
+            print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
+          f"{time.perf_counter() - started:.1f}s")
+    from methods import distributed
+
+    # under torchrun every rank runs the grid; rank 0 alone wrote the rows and writes the report
+    report_ok = _write_report(out, cache) if distributed.current().is_main else True
+    for cid, cell, err in failed:
+        print(f"FAILED cell {cid} ({describe(cell)}): {type(err).__name__}: {err} "
+              f"(traceback: {store.cell_dir(cid) / 'error.txt'})", file=sys.stderr)
+    return 1 if failed or not report_ok else 0
+
+
+def _write_report(out: Path, cache: ArtifactCache) -> bool:
+    """``python -m bench.report OUT``; a report that fails to build is said loudly, rows stay."""
+    import traceback
+
+    from bench.report import main as report_main
+
+    try:
+        return report_main([str(out), "--cache", str(cache.root)]) == 0
+    except Exception:  # noqa: BLE001 -- the cells' rows are stored; say so and how to retry
+        traceback.print_exc()
+        print(f"report FAILED; the rows are stored, retry with: python -m bench.report {out}", file=sys.stderr)
+        return False
