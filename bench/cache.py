@@ -2,13 +2,15 @@
 
 An artifact lives in ``<root>/<kind>/<key>/`` where ``key`` hashes the resolved config that
 produced it. It is built in a temporary directory under an exclusive file lock and renamed
-into place only when complete, so a crash never leaves a half-written artifact and concurrent
+into place only when complete, so a crash never leaves a half-written artifact (the temporary
+directory a killed build leaves is removed by the next build of that kind) and concurrent
 jobs (e.g. SLURM array tasks) build it once instead of racing. Tensor files holding NaN/inf are
 refused before that rename (``check_finite``): a cached NaN would feed every run that reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -82,6 +84,7 @@ class ArtifactCache:
                  label: str) -> None:
         """Build into a temporary directory and rename it into place (the caller holds the lock)."""
         final = self.path(kind, key)
+        self._remove_stale_tmp(kind, building=key)
         self._say(f"building {label}")
         started = time.perf_counter()
         tmp = final.parent / f".tmp-{key}-{os.getpid()}"
@@ -121,6 +124,26 @@ class ArtifactCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _remove_stale_tmp(self, kind: str, *, building: str) -> None:
+        """Remove the build directories of ``kind`` that killed builds left (``.tmp-<key>-<pid>``):
+        its pid is not alive here and nobody holds that key's build lock -- on a cache shared by
+        several nodes the builder may run elsewhere, where its pid means nothing here. The caller
+        holds the lock of ``building``, so that key's leftovers need no lock."""
+        for tmp in sorted((self.root / kind).glob(".tmp-*-*")):
+            key, _, pid = tmp.name[len(".tmp-"):].rpartition("-")
+            if not tmp.is_dir() or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            with contextlib.ExitStack() as stack:
+                if key != building:
+                    handle = stack.enter_context((self.root / kind / f".{key}.lock").open("a"))
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # being built right now (on another node, or by a reused pid)
+                    stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._say(f"removed  {kind}/{tmp.name}, left by a build that did not finish")
+
     @contextmanager
     def _lock(self, kind: str, key: str) -> Iterator[None]:
         lock_path = self.root / kind / f".{key}.lock"
@@ -135,6 +158,16 @@ class ArtifactCache:
     def _say(self, msg: str) -> None:
         if self.verbose:
             print(f"[cache] {msg}", flush=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def nonfinite_tensors(tensors: Iterable[tuple[str, Any]]) -> list[str]:

@@ -80,3 +80,39 @@ def test_publish_never_waits_for_a_builder_and_never_rebuilds(tmp_path):
     assert cache.exists("snap", "k1") and (cache.path("snap", "k1") / "config.json").exists()
     assert cache.publish("snap", "k1", build) is False
     assert len(calls) == 1
+
+
+def test_a_killed_build_leaves_a_temp_dir_the_next_build_of_its_kind_removes(tmp_path):
+    """``kill -9`` mid-build leaves ``.tmp-<key>-<pid>``: the next build of that kind removes it,
+    unless its key's build lock is held (a builder on another node of a shared cache, whose pid
+    means nothing here); other kinds' leftovers wait for a build of their own kind."""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from bench.cache import ArtifactCache\n"
+            "def build(d):\n    (d / 'half.bin').write_text('x'); print('building', flush=True); time.sleep(60)\n"
+            "ArtifactCache(sys.argv[1], verbose=False).get_or_build('teachers', 'k0', build)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.readline().strip() == "building"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = tmp_path / "teachers" / f".tmp-k0-{proc.pid}"
+    assert (killed / "half.bin").exists()  # what the killed build left
+    elsewhere = tmp_path / "teachers" / f".tmp-k9-{proc.pid}"  # pid dead here, builder alive on another node
+    other_kind = tmp_path / "base" / f".tmp-k5-{proc.pid}"
+    for d in (elsewhere, other_kind):
+        d.mkdir(parents=True)
+
+    cache = ArtifactCache(tmp_path, verbose=False)
+    with (tmp_path / "teachers" / ".k9.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        cache.get_or_build("teachers", "k1", lambda d: (d / "w.bin").write_text("w"))
+    assert not killed.exists() and elsewhere.exists() and other_kind.exists()
+    cache.get_or_build("teachers", "k0", lambda d: (d / "w.bin").write_text("w"))  # the killed one, rebuilt
+    assert cache.exists("teachers", "k0") and not elsewhere.exists()  # its lock is free now
+    cache.get_or_build("base", "k5", lambda d: (d / "w.bin").write_text("w"))
+    assert not other_kind.exists()
