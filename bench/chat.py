@@ -164,7 +164,7 @@ class ChatClient:
             try:
                 payload = self._post(body)
             except _Transient as err:
-                self._breaker.failure(lambda n: f"{self.name} is down: {err} ({n} failed requests in a row); "
+                self._breaker.failure(lambda n, err=err: f"{self.name} is down: {err} ({n} failed requests in a row); "
                                                 f"not calling it again in this run -- {self._fix}")
                 self._breaker.check()
                 if attempt == self.tries:

@@ -21,7 +21,8 @@ rows are relative to that directory unless absolute):
     the exact ground truth of their output *distribution* (written by the synthetic world;
     read by the mode-aware metrics): ``variant_images`` (list; the effect under each of its K
     modes), ``mode_mean_image`` (E[effect(source)]), ``expected_energy`` (E of the mean square
-    high-pass residual of one draw y around the mean, ``texture_energy``'s normaliser) and ``expected_pairwise_mae`` (E MAE(y, y') of two independent draws).
+    high-pass residual of one draw y around the mean, ``texture_energy``'s normaliser) and
+    ``expected_pairwise_mae`` (E MAE(y, y') of two independent draws).
 ``templates.jsonl`` (required)
     ``lora_name``, ``template_source``, ``template_result``, optional
     ``criteria``.  Every effect needs >= 1 template and >= 1 test sample.

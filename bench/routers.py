@@ -10,8 +10,8 @@ instructions.
                  n-gram TF-IDF, cosine) over each effect's instruction, description and name.
 * ``mllm``       an (M)LLM behind an OpenAI-compatible ``/chat/completions`` endpoint picks the
                  effect from the list (``BENCH_ROUTER_URL``, ``BENCH_ROUTER_MODEL``,
-                 ``BENCH_ROUTER_TIMEOUT_S``, ``BENCH_ROUTER_BACKOFF_S``; a key, if needed, is read at request time from the
-                 variable *named* by ``BENCH_ROUTER_API_KEY_ENV``). Requests go through
+                 ``BENCH_ROUTER_TIMEOUT_S``, ``BENCH_ROUTER_BACKOFF_S``; a key, if needed, is read at
+                 request time from the variable *named* by ``BENCH_ROUTER_API_KEY_ENV``). Requests go through
                  :mod:`bench.chat` (retries, circuit breaker, no secret in any note). No
                  endpoint, or one that fails: :class:`RouterUnavailable`, reported as "missing"
                  with the reason, never a made-up number.

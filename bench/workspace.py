@@ -69,10 +69,12 @@ class Workspace:
                 bench = self.bench
             except EffectBenchError as err:
                 problems.append(f"dataset: {err}")
-        problems += [f"backbone weights: {p}" for p in BACKBONES.get(self.cfg.backbone.kind).missing_weights(self.cfg.backbone)]
+        backbone = BACKBONES.get(self.cfg.backbone.kind)
+        problems += [f"backbone weights: {p}" for p in backbone.missing_weights(self.cfg.backbone)]
         if bench is not None:
             for effect in bench.effects:
-                if effect.lora_path is None and not any(r.target_image for r in self.full_bench.train_rows(effect.lora_name)):
+                if effect.lora_path is None and not any(
+                        r.target_image for r in self.full_bench.train_rows(effect.lora_name)):
                     problems.append(f"teacher of {effect.lora_name}: no lora_path in effects.jsonl and no train rows "
                                     "with target_image to train one on; add either")
         if problems:
@@ -116,7 +118,8 @@ class Workspace:
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):  # real weights: keyed by what is loaded, not by pretraining
             return config_hash(self.cfg.backbone)
-        return config_hash(world_identity(self.cfg.world), self.cfg.backbone, self.cfg.pretrain, self.cfg.sampling.shift)
+        return config_hash(world_identity(self.cfg.world), self.cfg.backbone, self.cfg.pretrain,
+                           self.cfg.sampling.shift)
 
     @cached_property
     def base_dir(self) -> Path:

@@ -26,10 +26,10 @@ import torch
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, apply_overrides
+from bench.evaluate import effect_batch
 from bench.workspace import Workspace
 from methods.adapters import AdapterBank
 from methods.distill import edit_with
-from bench.evaluate import effect_batch
 from metrics import METRICS
 from metrics.modes import mode_error
 

@@ -127,7 +127,8 @@ def chosen(ws: Workspace, only: str | None, every: int | None) -> tuple:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="synth")
-    ap.add_argument("--effects", type=int, default=None, help="first N effects of the catalogue (default: the preset's)")
+    ap.add_argument("--effects", type=int, default=None,
+                    help="first N effects of the catalogue (default: the preset's)")
     ap.add_argument("--only", default=None,
                     help="comma-separated effect names: gate just these (from the whole catalogue)")
     ap.add_argument("--every", type=int, default=None,

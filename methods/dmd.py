@@ -49,8 +49,8 @@ from bench.progress import progress
 from methods.adapters import AdapterBank
 from methods.backbones import Backbone, TextCondition
 from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
-from methods.fm import NonFiniteLossError
 from methods.flow import add_noise, check_sampler, predict_x0, sampler_step, shift_sigmas, sigma_schedule, true_cfg
+from methods.fm import NonFiniteLossError
 from methods.lora import lora_config, save_lora
 from methods.streams import DistillBatch, StreamSampler
 

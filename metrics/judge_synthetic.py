@@ -104,7 +104,8 @@ class _Judge(Metric):
 
 class SyntheticVSA(_Judge):
     info = MetricInfo("vsa_syn", higher_is_better=True, compares=("results", "sources"), role="VSA",
-                      synthetic=True, description="synthetic judge: 1 + 4 * structure kept relative to the exact effect")
+                      synthetic=True,
+                      description="synthetic judge: 1 + 4 * structure kept relative to the exact effect")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         return 1 + 4 * structure_kept(batch)

@@ -56,7 +56,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 
 class SourceSSIM(Metric):
     info = MetricInfo("src_ssim", higher_is_better=True, compares=("results", "sources"),
-                      role="DINO", synthetic=True, description="luminance SSIM of the result against its source (structure kept)")
+                      role="DINO", synthetic=True,
+                      description="luminance SSIM of the result against its source (structure kept)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
         return ssim(batch.results, batch.sources)

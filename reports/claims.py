@@ -84,7 +84,8 @@ def claims(main: pd.DataFrame, scaling: pd.DataFrame, ablation: pd.DataFrame) ->
         sub = fm[fm["effect"].isin(shared)]
         r = _compare(sub, "n_effects", hi, lo)
         t = _tally(r)
-        text = (f"- **(c1) FM all-in-1 degrades as N grows: {'holds' if t['worse'] > len(r) / 2 else 'does not hold'}** "
+        verdict = "holds" if t["worse"] > len(r) / 2 else "does not hold"
+        text = (f"- **(c1) FM all-in-1 degrades as N grows: {verdict}** "
                 f"(on the {len(shared)} effects shared by N={lo} and N={hi}: {t['worse']} of {len(r)} columns "
                 f"significantly worse at N={hi}). N={hi} − N={lo}: {_line(r)}.")
         out.append(text)
@@ -94,7 +95,8 @@ def claims(main: pd.DataFrame, scaling: pd.DataFrame, ablation: pd.DataFrame) ->
         r = _compare(main, "method", "ours", "fm_all_in_1")
         t = _tally(r)
         n = int(main["n_effects"].max())
-        out.append(f"- **(c2) FM all-in-1 is behind ours at N={n}: {'holds' if t['better'] > len(r) / 2 else 'does not hold'}"
+        verdict = "holds" if t["better"] > len(r) / 2 else "does not hold"
+        out.append(f"- **(c2) FM all-in-1 is behind ours at N={n}: {verdict}"
                    f"** ({t['better']} of {len(r)} columns significantly better for ours). ours − fm_all_in_1: "
                    f"{_line(r)}.")
     else:

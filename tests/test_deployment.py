@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import BackboneConfig, LoraTrainConfig, SamplingConfig
-from bench.deployment import (DeploymentRows, exact_requests, measure_routing, measure_serving, measure_storage,
-                              paraphrases, write_random_loras)
 from bench.chat import reset_endpoints
+from bench.config import BackboneConfig, LoraTrainConfig, SamplingConfig
+from bench.deployment import (
+    DeploymentRows,
+    exact_requests,
+    measure_routing,
+    measure_serving,
+    measure_storage,
+    paraphrases,
+    write_random_loras,
+)
 from bench.routers import ROUTERS, RouterUnavailable
 from metrics.tiny import CannedJudgeServer
 

@@ -11,8 +11,8 @@ from bench.config import BackboneConfig, DistillConfig, LoraTrainConfig
 from methods.adapters import AdapterBank, LoraMismatchError
 from methods.backbones.tiny_qwen import TinyQwenBackbone
 from methods.dmd import DMDTrainer, Objectives, TrainerCallback, dmd_loss, observe
-from methods.fm import NonFiniteLossError
 from methods.flow import generate
+from methods.fm import NonFiniteLossError
 from methods.lora import add_lora, save_lora
 from methods.streams import EffectData, GeneralData, StreamSampler
 
@@ -24,7 +24,8 @@ def test_dmd_gradient_matches_independent_computation():
     x_fake = torch.randn(3, 16, 12, generator=gen, dtype=torch.float64)
     dmd_loss(x, x_real, x_fake).backward()
 
-    # independently, in numpy: g = (fake - real) / mean|x - real| per sample; d(0.5*mean((x - sg(x-g))^2))/dx = g / numel
+    # independently, in numpy: g = (fake - real) / mean|x - real| per sample;
+    # d(0.5*mean((x - sg(x-g))^2))/dx = g / numel
     xn, rn, fn = x.detach().numpy(), x_real.numpy(), x_fake.numpy()
     g = (fn - rn) / np.abs(xn - rn).mean(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(x.grad.numpy(), g / xn.size, rtol=1e-10)

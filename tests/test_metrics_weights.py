@@ -118,7 +118,8 @@ def test_resolution_order_explicit_then_weights_dir_then_hf_cache(offline_empty)
     assert resolve_file(req) == local
     explicit = offline_empty / "mine.safetensors"
     explicit.write_text("mine")
-    assert resolve_file(WeightRequest(what="w", env="X", explicit=str(explicit), repo=repo, filenames=(name,))) == explicit
+    request = WeightRequest(what="w", env="X", explicit=str(explicit), repo=repo, filenames=(name,))
+    assert resolve_file(request) == explicit
 
 
 def test_resolve_dir_checks_shards(offline_empty):

@@ -242,8 +242,10 @@ def _portrait(c: _Canvas, rng: np.random.Generator) -> None:
     fringe = _ellipse(c, fcy - fry * 0.55, fcx, fry * 0.5, frx * 1.02) * _half_plane(c, fcy - fry * 0.5, below=False)
     c.paint(fringe, hair)
     for s in (-1.0, 1.0):
-        c.paint(_ellipse(c, fcy - fry * 0.08, fcx + s * frx * 0.38, fry * 0.09, frx * 0.14), np.array([0.1, 0.07, 0.06]))
-        c.paint(_ellipse(c, fcy + fry * 0.3, fcx + s * frx * 0.5, fry * 0.1, frx * 0.15), np.array([0.9, 0.45, 0.45]), 0.25)
+        c.paint(_ellipse(c, fcy - fry * 0.08, fcx + s * frx * 0.38, fry * 0.09, frx * 0.14),
+                np.array([0.1, 0.07, 0.06]))
+        c.paint(_ellipse(c, fcy + fry * 0.3, fcx + s * frx * 0.5, fry * 0.1, frx * 0.15),
+                np.array([0.9, 0.45, 0.45]), 0.25)
     lips = _jitter(rng, np.array([0.72, 0.28, 0.3]), 0.08)
     c.paint(_capsule(c, (fcy + fry * 0.5, fcx - frx * 0.22), (fcy + fry * 0.5, fcx + frx * 0.22), fry * 0.07), lips)
 

@@ -28,7 +28,6 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from bench.cache import atomic_write, files_fingerprint
+from bench.cache import atomic_write
 
 ENV_CACHE = "BENCH_PROMPT_CACHE"
 KIND = "prompt_embeds"   # folder under the artifact cache root

@@ -50,12 +50,12 @@ from diffusers import (
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
+from bench.cache import files_fingerprint
 from bench.config import QWEN_LORA_TARGETS, BackboneConfig, RunConfig
 from bench.errors import BenchError
 from methods.backbones import Backbone, TextCondition
 from methods.backbones.prompt_cache import (
     PromptCache,
-    files_fingerprint,
     image_digest,
     module_fingerprint,
     resolve_prompt_cache,
