@@ -118,9 +118,9 @@ def verdict(res: dict) -> tuple[bool, bool]:
 def chosen(ws: Workspace, only: str | None, every: int | None) -> tuple:
     """The effects to gate: the run's first ``n_effects``, or named / every K-th of the catalogue."""
     if only:
-        return ws.full_bench.select(names=[n.strip() for n in only.split(",") if n.strip()]).effects
+        return ws.bench.select(names=[n.strip() for n in only.split(",") if n.strip()]).effects
     if every:
-        return ws.full_bench.effects[::every]
+        return ws.bench.effects[::every]
     return ws.bench.effects
 
 
@@ -140,6 +140,8 @@ def main() -> None:
     if args.effects:
         cfg = replace(cfg, n_effects=args.effects)
     ws = Workspace(cfg, ArtifactCache(args.cache))
+    if args.only or args.every:  # effects from the whole catalogue: the workspace must hold them all
+        ws = Workspace(replace(cfg, n_effects=len(ws.full_bench.effects)), ws.cache)
     t0 = time.perf_counter()
     bb = ws.load_backbone()
     bank = AdapterBank(bb.transformer)
