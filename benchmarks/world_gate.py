@@ -10,8 +10,9 @@ CFG 4, the Base setting), and prints with 95 % intervals (cluster bootstrap over
 
 Each effect is marked by what it can test, and only once its teacher has **learned** it: at 8,
 40 or 80 NFE the teacher's ``gt_mode_mae`` is significantly below that of returning the source
-unchanged and (modes) of returning the mode mean -- an effect its teacher cannot do tells the
-methods nothing, however its samples are spread. Then:
+unchanged and (modes) of returning the mode mean, or (textures) not significantly above an
+exact draw's -- an effect its teacher cannot do tells the methods nothing, however its samples
+are spread. Then:
 
 * ``few-step gap`` -- 40 or 80 NFE significantly better than 8 NFE (paired bootstrap over the
   test sources; for textures "better" is |log texture_energy| smaller), so distilling few-step
@@ -76,6 +77,8 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
     out["source_mae"] = per_source(ModeMAE().score(plain), 1)
     if plain.mode_means is not None and kind == "modes":
         out["mean_mae"] = per_source(ModeMAE().score(effect_batch(ws, effect, tests, plain.mode_means.float(), 1)), 1)
+    if kind == "texture" and plain.targets is not None:  # an exact draw: its grain leaks through the low-pass
+        out["draw_mae"] = per_source(ModeMAE().score(effect_batch(ws, effect, tests, plain.targets.float(), 1)), 1)
     for steps, scale in settings(cfg):
         gen = torch.Generator().manual_seed(cfg.seed)
         images, nfe = edit_with(bb, bank, (effect.lora_name,), sources, effect.prompt, steps=steps,
@@ -90,11 +93,21 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
 
 def learned_at(res: dict) -> list[int]:
     """NFEs (8 and up) at which the teacher's gt_mode_mae is significantly below the source's
-    and (modes) the mode mean's."""
+    and (modes) the mode mean's -- or, for a texture, not significantly above an exact draw's.
+
+    The second clause is for textures whose structure change is at or below the grain's own
+    low-pass residual (pure grain, fine pixelation at 16 px: an exact draw's structure error is
+    then *above* the source's, so "below the source" cannot be met); their structure is right
+    when it is as close as an exact draw's, and what they test is the texture."""
     baselines = [res["source_mae"]] + ([res["mean_mae"]] if "mean_mae" in res else [])
-    return [n for n in sorted(res["nfe"])[1:]
-            if all(significantly(paired_difference(res["nfe"][n]["gt_mode_mae"], b), higher_is_better=False)
-                   for b in baselines)]
+    draw = res.get("draw_mae")
+
+    def learned(err: pd.Series) -> bool:
+        if all(significantly(paired_difference(err, b), higher_is_better=False) for b in baselines):
+            return True
+        return draw is not None and not significantly(paired_difference(err, draw), higher_is_better=True)
+
+    return [n for n in sorted(res["nfe"])[1:] if learned(res["nfe"][n]["gt_mode_mae"])]
 
 
 def verdict(res: dict) -> tuple[bool, bool]:
@@ -160,15 +173,15 @@ def main() -> None:
             extra.append(" / ".join("—" if np.isnan(v.mean) else f"{v.mean:.2f}" for v in vals))
         metric = "texture_energy" if res["kind"] == "texture" else "gt_mode_mae"
         maes = " / ".join(f"{float(col['gt_mode_mae'].mean()):.3f}" for _, col in sorted(res["nfe"].items()))
-        base = f"{float(res['source_mae'].mean()):.3f}" + (f" / {float(res['mean_mae'].mean()):.3f}"
-                                                           if "mean_mae" in res else "")
+        base = f"{float(res['source_mae'].mean()):.3f}" + "".join(
+            f" / {float(res[k].mean()):.3f}" for k in ("mean_mae", "draw_mae") if k in res)
         learned = ", ".join(map(str, learned_at(res))) or "no"
         lines.append(f"| {res['effect']} | {res['kind']} | {metric} | " + " | ".join(cells) + " | "
                      + " | ".join(extra) + f" | {maes} | {base} | {learned} | {', '.join(res['tests'])} |")
         print(lines[-1], flush=True)
     nfes = sorted(results[0]["nfe"]) if results else []
     head = ("| effect | kind | fidelity | " + " | ".join(f"{n} NFE" for n in nfes)
-            + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | gt_mode_mae | source / mode mean "
+            + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | gt_mode_mae | source / mode mean or exact draw "
             "| learned at NFE | tests |")
     print(f"\nWorld gate, preset {cfg.preset}, {len(results)} effects, {results[0]['n_sources'] if results else 0} "
           f"test sources x {cfg.eval.draws} draws each; 95 % bootstrap intervals over test sources:\n")
