@@ -6,6 +6,8 @@ distilled method is compared against, at the highest inference cost.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.effectbench import EffectSpec
@@ -37,3 +39,6 @@ class Base(Method):
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return sum(lora_bytes(self.teachers[e.lora_name]) for e in effects)
+
+    def artifacts(self) -> dict[str, Path]:
+        return {f"teacher/{name}": path for name, path in self.teachers.items()}
