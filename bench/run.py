@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,6 +164,7 @@ def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
 
     t0 = time.perf_counter()
     ws, method, effects = _prepare(cfg, cache)
+    store.write_artifacts(cid, method.artifacts())
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
@@ -250,9 +252,16 @@ def _write_report(out: Path, cache: ArtifactCache) -> bool:
         return False
 
 
+def quiet_expected_warnings() -> None:
+    """Several adapters on one transformer is the design (student, critic, teacher bank), so
+    peft's warning about a second adapter tells a user nothing (pyproject.toml silences it in tests)."""
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI. A known error (bench/errors.py) is one ``error:`` line and exit status 1
     (``--debug``: the traceback); Ctrl-C says what is kept and how to go on."""
+    quiet_expected_warnings()
     args = build_parser().parse_intermixed_args(argv)
     if args.list:
         return list_names(args.list)

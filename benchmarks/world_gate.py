@@ -40,6 +40,7 @@ import torch
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, apply_overrides
 from bench.evaluate import effect_batch
+from bench.run import quiet_expected_warnings
 from bench.workspace import Workspace
 from methods.adapters import AdapterBank
 from methods.distill import edit_with
@@ -138,6 +139,7 @@ def chosen(ws: Workspace, only: str | None, every: int | None) -> tuple:
 
 
 def main() -> None:
+    quiet_expected_warnings()  # a teacher bank is several adapters on one transformer, by design
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="synth")
     ap.add_argument("--effects", type=int, default=None, help="first N effects of the catalogue (default: the preset's)")
