@@ -110,6 +110,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     """The CLI. A known error (bench/errors.py) is one ``error:`` line and exit status 1
     (``--debug``: the traceback); Ctrl-C says what is kept and how to go on."""
+    runner.quiet_expected_warnings()
     args = build_parser().parse_intermixed_args(argv)
     if args.list:
         return list_names(args.list)

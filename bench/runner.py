@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,12 @@ from bench.cells import Cell, describe, is_measurement
 from bench.config import RunConfig
 from bench.grids import grid_cells
 from bench.store import ResultStore, UnreadableRowsError, cell_id
+
+
+def quiet_expected_warnings() -> None:
+    """Several adapters on one transformer is the design (student, critic, teacher bank), so
+    peft's warning about a second adapter tells a user nothing (pyproject.toml silences it in tests)."""
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
 
 
 def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame | None:
@@ -77,6 +84,7 @@ def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
 
     t0 = time.perf_counter()
     ws, method, effects = _prepare(cfg, cache)
+    store.write_artifacts(cid, method.artifacts())
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")

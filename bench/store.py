@@ -1,6 +1,7 @@
 """Results store: tidy long rows, one parquet file per run cell, written atomically.
 
-Layout: ``<out>/cells/<cell_id>/{config.json, rows.parquet, images/, logs}``. A cell is
+Layout: ``<out>/cells/<cell_id>/{config.json, artifacts.json, rows.parquet, images/, logs}``
+(``artifacts.json``: where the LoRAs the cell evaluated and their loss CSVs are). A cell is
 finished exactly when its ``rows.parquet`` exists and reads (it is renamed into place as the last
 step), so a crash never leaves a cell that looks finished and a rerun skips only finished cells.
 A ``rows.parquet`` that does not read (truncated by a full disk, a copy cut short) is reported in
@@ -23,6 +24,7 @@ from bench.config import config_hash, result_dict, to_dict
 from bench.effectbench import world_identity
 
 ROWS = "rows.parquet"
+ARTIFACTS = "artifacts.json"
 
 # One row per (sample, metric). Wide identifiers repeat on every row so any pivot is possible.
 COLUMNS = ["run", "method", "ablation", "components", "preset", "n_effects", "effect", "family",
@@ -75,6 +77,21 @@ class ResultStore:
         d = self.cell_dir(cid)
         d.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(d / "config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+
+    def write_artifacts(self, cid: str, artifacts: dict[str, Path]) -> Path:
+        """``artifacts.json``: for each adapter of the cell's method (by role), its LoRA files and
+        loss CSVs in the artifact cache, so a result can be traced to the weights it measured."""
+        def files(path: Path) -> dict[str, Any]:
+            path = Path(path).resolve()
+            found = sorted(path.iterdir()) if path.is_dir() else [path]
+            return {"dir": str(path if path.is_dir() else path.parent),
+                    "lora": [str(f) for f in found if f.suffix == ".safetensors" or f.name == "adapter_config.json"],
+                    "loss_csv": [str(f) for f in found if f.suffix == ".csv"]}
+
+        d = self.cell_dir(cid)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(d / ARTIFACTS, json.dumps({r: files(p) for r, p in sorted(artifacts.items())}, indent=2))
+        return d / ARTIFACTS
 
     def write_rows(self, cid: str, rows: pd.DataFrame) -> Path:
         missing = [c for c in COLUMNS if c not in rows.columns]

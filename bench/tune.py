@@ -5,10 +5,13 @@ local|debug|slurm``); its objective is the mean of ``--metric`` over the cell's 
 While a trial trains, the student is scored on a few test samples at every DMD checkpoint and
 the driver reports these intermediate values to optuna: the median pruner cancels trials that
 fall behind. The study lives in an optuna journal file in the output directory (safe when
-several drivers or jobs share it on a network filesystem; a fresh SQLite file is not).
+several drivers or jobs share it on a network filesystem; a fresh SQLite file is not). Running
+the command again resumes the study: ``--trials`` is its total, and the search goes on from the
+stored trials instead of replaying the first ones.
 
 Examples:
   python -m bench.tune --preset smoke --trials 8 --parallel 2
+  python -m bench.tune --preset smoke --trials 12 --parallel 2   # the same study, 4 (or more) trials more
   python -m bench.tune --preset smoke --metric gt_mode_mae --direction minimize --space p_switch,lr
   python -m bench.tune --executor slurm --trials 32 --parallel 8 slurm.partition=gpu slurm.gpus_per_node=1
   python -m bench.tune --report runs/tune                    # table + plot of an existing study
@@ -153,11 +156,18 @@ class _Running:
     last_step: int = 0    # DMD step of the last one
 
 
+# Trials that count toward ``--trials``: optuna's MaxTrialsCallback convention for a total shared by
+# restarts and drivers. A failed trial (a crashed job) does not count, so the next start replaces
+# it; a RUNNING one left behind by a dead driver does not either.
+COUNTED = ("COMPLETE", "PRUNED")
+
+
 def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, direction: str, trials: int,
               parallel: int, space: list[str], executor: str = "local", slurm=None,  # noqa: ANN001
               study_name: str = "tune", seed: int = 0, prune: bool = True, poll_s: float = 2.0,
               probe_limit: int = 2):
-    """Run ``trials`` trials (at most ``parallel`` at once) and return the optuna study."""
+    """Run the study until it holds ``trials`` complete or pruned trials (at most ``parallel`` at
+    once; an existing study in ``out`` is resumed) and return it."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -171,16 +181,31 @@ def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, dir
     cache_root = str(ArtifactCache(cache).root)
     storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
+    try:
+        before = optuna.load_study(study_name=study_name, storage=storage).trials
+    except KeyError:  # a new study
+        before = []
+    # A sampler's RNG lives in memory only (neither the journal nor optuna's RDB storage keeps it),
+    # so the same seed on every start replayed the first trials' parameters. Offsetting the seed
+    # by the trials already asked gives each start a fresh stream that is still reproducible from
+    # the journal; TPE itself conditions on the stored trials, so the search continues. (optuna's
+    # FAQ pickles the sampler instead: that breaks across optuna versions and loses the draws made
+    # after the last pickle when a driver dies.)
     study = optuna.create_study(study_name=study_name, storage=storage, direction=direction, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+                                sampler=optuna.samplers.TPESampler(seed=seed + len(before)), pruner=pruner)
     study.set_user_attr("metric", metric)
+    counted = sum(t.state.name in COUNTED for t in before)
+    todo = max(0, trials - counted)
+    if before:
+        print(f"[tune] resuming study {study_name!r}: {counted} of {trials} trials finished "
+              f"(complete or pruned), {todo} to run", flush=True)
     store = ResultStore(out)
     slurm = slurm or SlurmConfig()
     running: list[_Running] = []
     started = 0
     t0 = time.perf_counter()
-    while started < trials or running:
-        while started < trials and len(running) < parallel:
+    while started < todo or running:
+        while started < todo and len(running) < parallel:
             trial = study.ask()
             cfg = base
             for name in space:
@@ -219,7 +244,7 @@ def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, dir
             running.remove(r)
         if running:
             time.sleep(poll_s)
-    print(f"[tune] {trials} trial(s) in {time.perf_counter() - t0:.1f}s", flush=True)
+    print(f"[tune] {started} trial(s) in {time.perf_counter() - t0:.1f}s", flush=True)
     return study
 
 
@@ -346,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: from the metric's higher_is_better")
     p.add_argument("--space", default="p_switch,tafm_weight,ts_weight,rank,lr",
                    help=f"comma-separated searched parameters; valid: {', '.join(SPACE)}")
-    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--trials", type=int, default=8, metavar="N",
+                   help="total trials of the study, not an addition: a resumed study runs only the missing "
+                        "ones (--trials 6 after 4: 2 more); complete and pruned trials count, failed ones "
+                        "are replaced (default 8)")
     p.add_argument("--parallel", type=int, default=1, help="trials running at once")
     p.add_argument("--no-prune", action="store_true", help="never prune on intermediate scores")
     p.add_argument("--executor", choices=["local", "debug", "slurm"], default="local",

@@ -145,15 +145,26 @@ class Workspace:
         ``backbone.path`` / the HF cache, with their prompt embeddings cached next to the other
         artifacts (``<cache>/prompt_embeds``; ``BENCH_PROMPT_CACHE=off`` disables it); the
         synthetic base is pretrained once and cached. Timing measurements of serving pass
-        ``prompt_cache=False``: a served request pays for its text encoding."""
+        ``prompt_cache=False``: a served request pays for its text encoding.
+
+        The transformer is named after its base (``methods.lora.name_base``), which every LoRA
+        saved from it records: ``backbone.path`` as given (else the directory it was loaded
+        from), or the synthetic base's cache key."""
+        from methods.lora import name_base
+
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):
             from methods.backbones.prompt_cache import KIND, resolve_prompt_cache
 
             prompts = (resolve_prompt_cache(self.cache.root / KIND, verbose=self.cache.verbose)
                        if prompt_cache else None)
-            return cls.load(self.cfg.backbone, self.cfg.backbone.path, prompt_cache=prompts)
-        return cls.load(self.cfg.backbone, self.base_dir / "transformer")
+            bb = cls.load(self.cfg.backbone, self.cfg.backbone.path, prompt_cache=prompts)
+            if self.cfg.backbone.path:
+                name_base(bb.transformer, self.cfg.backbone.path)
+            return bb
+        bb = cls.load(self.cfg.backbone, self.base_dir / "transformer")
+        name_base(bb.transformer, f"{self.cfg.backbone.kind}-base-{self.base_key}")  # not the cache path
+        return bb
 
     # -- teachers -------------------------------------------------------------------------------
     def teacher_dir(self, effect: EffectSpec, backbone: Backbone | None = None) -> Path:

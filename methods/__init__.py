@@ -17,6 +17,8 @@ import torch
 from bench.registry import Registry, UnknownNameError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bench.effectbench import EffectSpec
     from bench.workspace import Workspace
 
@@ -48,6 +50,11 @@ class Method(ABC):
     def adapter_bytes(self, effects: "list[EffectSpec]") -> int:
         """Bytes of adapter files needed to serve ``effects``."""
         return 0
+
+    def artifacts(self) -> dict[str, Path]:
+        """The LoRA directories this method serves with, by role (after ``prepare``): the cell
+        directory links to them and their loss CSVs (``bench.store.ResultStore.write_artifacts``)."""
+        return {}
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -44,3 +44,6 @@ class Base(Method):
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return sum(lora_bytes(self.teachers[e.lora_name]) for e in effects)
+
+    def artifacts(self) -> dict[str, Path]:
+        return {f"teacher/{name}": path for name, path in self.teachers.items()}

@@ -38,6 +38,9 @@ class BasePlusLightning(Base):
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return super().adapter_bytes(effects) + lora_bytes(self.lightning)
 
+    def artifacts(self) -> dict[str, Path]:
+        return {**super().artifacts(), LIGHTNING: self.lightning}
+
 
 class StackedWithLightning(Method):
     """One multi-effect LoRA (built by ``build_lora``) stacked with Lightning: 8 steps, no CFG,
@@ -68,3 +71,6 @@ class StackedWithLightning(Method):
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return lora_bytes(self.lora) + lora_bytes(self.lightning)
+
+    def artifacts(self) -> dict[str, Path]:
+        return {self.ADAPTER: self.lora, LIGHTNING: self.lightning}

@@ -6,22 +6,35 @@ assumes alpha = rank and outputs change (FACTS). Loading goes through the same c
 ``QwenImageEditPlusPipeline.load_lora_weights`` uses, so what we write loads in stock diffusers.
 Every load checks the weights are finite: a NaN LoRA otherwise surfaces far away (an output PNG
 that cannot be written, a NaN DMD loss blamed on the learning rate).
+
+Next to it goes the peft layout (``adapter_config.json`` + ``adapter_model.safetensors``), so
+``peft.PeftModel.from_pretrained(transformer, directory)`` loads the same adapter. Both record
+the base model (``base_model_name_or_path``) and are byte-reproducible (equal LoRAs, equal
+sha256): peft keeps ``target_modules`` as a set, whose order follows PYTHONHASHSEED, so every set
+is written sorted, and the safetensors header metadata is rewritten in sorted order.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import QwenImagePipeline
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from safetensors.torch import save_file
 
 from bench.cache import nonfinite_tensors, some
-from bench.config import LoraTrainConfig
+from bench.config import LoraTrainConfig, config_hash
 from bench.errors import BenchError, NonFiniteError
 
+# diffusers layout; the peft one: CONFIG_NAME + SAFETENSORS_WEIGHTS_NAME
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+BASE_NAME = "_name_or_path"   # transformer config key naming its base (diffusers' from_pretrained sets it)
 
 
 class MissingLoraError(BenchError, FileNotFoundError):
@@ -46,14 +59,64 @@ def add_lora(transformer: torch.nn.Module, name: str, cfg: LoraTrainConfig) -> N
             p.data = p.data.float()
 
 
+def name_base(transformer: torch.nn.Module, name: str) -> None:
+    """Say which base ``transformer`` is (a repo id or path, or the synthetic base's config hash),
+    for the LoRAs saved from it; the workspace calls this on every backbone it loads."""
+    transformer.register_to_config(**{BASE_NAME: name})
+
+
+def base_model_id(transformer: torch.nn.Module) -> str:
+    """The base a LoRA of ``transformer`` belongs to: the name given by ``name_base`` or
+    ``from_pretrained``, else the class and a hash of its architecture config."""
+    config = dict(transformer.config)
+    if config.get(BASE_NAME):
+        return str(config[BASE_NAME])
+    return f"{type(transformer).__name__}-{config_hash({k: v for k, v in config.items() if not k.startswith('_')})}"
+
+
+def adapter_config(transformer: torch.nn.Module, name: str) -> dict[str, Any]:
+    """Adapter ``name``'s peft config as a dict with every set sorted and the base recorded."""
+    config = transformer.peft_config[name].to_dict()
+    config = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}
+    config["base_model_name_or_path"] = base_model_id(transformer)
+    return config
+
+
 def save_lora(transformer: torch.nn.Module, name: str, directory: str | Path) -> Path:
+    """Write adapter ``name`` in the diffusers layout (returned) and the peft layout, one directory."""
     directory = Path(directory)
     state = get_peft_model_state_dict(transformer, adapter_name=name)
-    metadata = transformer.peft_config[name].to_dict()
+    config = adapter_config(transformer, name)
     QwenImagePipeline.save_lora_weights(directory, transformer_lora_layers=state,
-                                        transformer_lora_adapter_metadata=metadata,
+                                        transformer_lora_adapter_metadata=dict(config),
                                         weight_name=WEIGHT_NAME)
+    # what PeftModel.save_pretrained writes: keys under the PeftModel wrapper, sorted JSON config
+    save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+              directory / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+    _sort_header_metadata(directory / WEIGHT_NAME)
     return directory / WEIGHT_NAME
+
+
+def _sort_header_metadata(file: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted.
+
+    safetensors serialises the metadata from a Rust HashMap, whose order is random per process,
+    so two saves of one LoRA differed in their header (diffusers writes two keys). The header is
+    JSON behind an 8-byte little-endian length, padded with spaces to 8 bytes; tensor offsets
+    count from its end, so the tensor bytes are copied unchanged.
+    """
+    with file.open("rb") as src:
+        n = int.from_bytes(src.read(8), "little")
+        header = json.loads(src.read(n))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+        with tmp.open("wb") as dst:
+            dst.write(len(text).to_bytes(8, "little") + text)
+            shutil.copyfileobj(src, dst)
+    os.replace(tmp, file)
 
 
 def load_lora(transformer: torch.nn.Module, path: str | Path, name: str) -> None:

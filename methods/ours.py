@@ -12,6 +12,7 @@ generation (8 steps, no CFG, no Lightning). Components (``--ablate`` switches th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -60,3 +61,6 @@ class CollectionLoRA(Method):
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return lora_bytes(self.lora)
+
+    def artifacts(self) -> dict[str, Path]:
+        return {STUDENT: self.lora}

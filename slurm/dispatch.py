@@ -123,9 +123,11 @@ def load_cell(path: str | Path) -> Cell:
 
 
 def _job_threads() -> None:
-    """The cores SLURM gave the job, unless the user chose (bench/threads.py)."""
+    """The cores SLURM gave the job, unless the user chose (bench/threads.py); quiet warnings."""
+    from bench.runner import quiet_expected_warnings
     from bench.threads import set_threads
 
+    quiet_expected_warnings()
     print(set_threads(), flush=True)
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,6 +50,15 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     config = json.loads((files[0].parent / "config.json").read_text())
     assert config["method"] == "base" and config["preset"] == "smoke"
     assert list((files[0].parent / "images").rglob("*.png"))
+    # the cell links to the teacher LoRAs it evaluated (both layouts) and their loss curves
+    links = json.loads((files[0].parent / "artifacts.json").read_text())
+    assert len(links) == 3 and all(role.startswith("teacher/") for role in links)
+    for link in links.values():
+        assert {p.rsplit("/", 1)[1] for p in link["lora"]} == {
+            "pytorch_lora_weights.safetensors", "adapter_model.safetensors", "adapter_config.json"}
+        assert [p.rsplit("/", 1)[1] for p in link["loss_csv"]] == ["loss.csv"]
+    peft_config = json.loads((Path(link["dir"]) / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"].startswith("tiny-qwen-base-")  # the cached base's key
 
     assert main(argv) == 0
     assert "finished already" in capsys.readouterr().out

@@ -81,6 +81,56 @@ def test_driver_reports_prunes_and_writes_table_and_plot(tmp_path: Path, monkeyp
     assert "Best: trial" in text and "p_switch" in text and png.stat().st_size > 10_000
 
 
+class InstantTrial:
+    """Stands in for TrialJob without intermediate scores: the objective is p_switch."""
+
+    def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
+        return json.loads(Path(config_path).read_text())["distill"]["p_switch"]
+
+
+def test_resumed_study_continues_the_search_up_to_the_total(tmp_path: Path, monkeypatch) -> None:
+    """--trials is the study's total, and a restart draws new parameters instead of replaying
+    the first start's (the sampler used to be re-seeded identically on every start)."""
+    monkeypatch.setattr(bench.tune, "TrialJob", InstantTrial)
+    out = tmp_path / "study"
+
+    def start(trials: int):
+        return run_study(tiny(), out, str(tmp_path / "cache"), metric="gt_psnr", direction="maximize",
+                         trials=trials, parallel=1, space=["p_switch", "lr"], executor="debug", seed=3)
+
+    first = [t.params for t in start(2).trials]
+    study = start(4)                      # 2 done, total 4: two more
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [t.params for t in study.trials[:2]] == first
+    assert all(t.params not in first for t in study.trials[2:]), "a resumed study must not replay trials"
+    assert study.trials[2].params != study.trials[3].params
+    assert len(start(4).trials) == 4      # the total is reached: the same command runs nothing more
+
+
+def test_a_laggard_is_pruned_and_its_job_cancelled(tmp_path: Path, monkeypatch) -> None:
+    """MedianPruner after two complete trials: a third whose intermediate scores trail theirs
+    shows state PRUNED (parameters fixed through optuna's enqueue_trial)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    monkeypatch.setattr(bench.tune, "TrialJob", FakeTrial)
+    out = tmp_path / "study"
+    out.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    queued = optuna.create_study(study_name="tune", storage=storage, direction="maximize")
+    for p in (0.9, 0.8, 0.1):
+        queued.enqueue_trial({"p_switch": p})
+    study = run_study(tiny(), out, str(tmp_path / "cache"), metric="gt_psnr", direction="maximize", trials=3,
+                      parallel=1, space=["p_switch"], executor="local", poll_s=0.2)
+    states = {t.params["p_switch"]: t.state for t in study.trials}
+    assert states == {0.9: optuna.trial.TrialState.COMPLETE, 0.8: optuna.trial.TrialState.COMPLETE,
+                      0.1: optuna.trial.TrialState.PRUNED}
+    laggard = study.trials[2]
+    assert laggard.intermediate_values  # pruned on a reported score (optuna keeps the last as its value)
+    assert max(laggard.intermediate_values) < 6, "pruned before its last step"
+
+
 @pytest.mark.e2e
 def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, capsys) -> None:
     out = tmp_path / "tune"
