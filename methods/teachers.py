@@ -3,6 +3,7 @@ the effect's own trigger prompt, on top of the frozen base, and saved as diffuse
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -34,22 +35,14 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
         transformer.delete_adapters([TRAINING_ADAPTER])
 
 
-def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tensor":
-    """The teacher's own edits of its training sources at Base settings (40 steps, CFG 4.0):
-    the ``base_pred`` images that TA-FM / TS anchor on and FM all-in-1 trains on. Cached."""
-    import torch
-
+def outputs_key(ws, effect, teacher: Path, rows) -> str:  # noqa: ANN001
+    """The cache key of a teacher's outputs. The images depend on the base model, the teacher and
+    its prompt, the sampler, the image size, the noise seed and the sources. A teacher trained
+    here is named by its content key (prompt included); a manifest ``lora_path`` by its file's
+    bytes and the effect's prompt. Sources by their path inside the dataset (so a moved cache or
+    dataset keeps its keys) and, for a dataset on disk, their bytes."""
     from bench.config import config_hash, to_dict
-    from methods.flow import generate
-    from methods.lora import load_lora
 
-    rows = ws.full_bench.train_rows(effect.lora_name)
-    if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
-        return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
-    teacher = ws.teacher_dir(effect, backbone)
-    # The images depend on the base model, the teacher and its prompt, the sampler, the image size,
-    # the noise seed and the sources. A teacher trained here is named by its content key (prompt
-    # included); a manifest ``lora_path`` by its file's bytes and the effect's prompt.
     if effect.lora_path is None:
         who = teacher.name
     else:
@@ -60,8 +53,24 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
         who = (files_fingerprint([file]) if file.exists() else str(file), effect.prompt)  # missing: load_lora says so
     # Sampled with euler whatever the students use: dmd_sampler stays out of the key.
     sampling = {k: v for k, v in to_dict(ws.cfg.sampling).items() if k != "dmd_sampler"}
-    key = config_hash(ws.base_key, who, sampling, ws.image_size, ws.cfg.world.seed,
-                      [str(r.source_image) for r in rows], *ws.content_key([r.source_image for r in rows]))
+    return config_hash(ws.base_key, who, sampling, ws.image_size, ws.cfg.world.seed,
+                       [os.path.relpath(r.source_image, ws.dataset_root) for r in rows],
+                       *ws.content_key([r.source_image for r in rows]))
+
+
+def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tensor":
+    """The teacher's own edits of its training sources at Base settings (40 steps, CFG 4.0):
+    the ``base_pred`` images that TA-FM / TS anchor on and FM all-in-1 trains on. Cached."""
+    import torch
+
+    from methods.flow import generate
+    from methods.lora import load_lora
+
+    rows = ws.full_bench.train_rows(effect.lora_name)
+    if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
+        return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
+    teacher = ws.teacher_dir(effect, backbone)
+    key = outputs_key(ws, effect, teacher, rows)
 
     def build(out: Path) -> None:
         bb = backbone or ws.load_backbone()

@@ -83,7 +83,7 @@ def test_nan_teacher_outputs_are_never_cached_as_finished(loras, tmp_path):
                         recaption_prompt_with_trigword="zqx fx", lora_path=loras.nan)
     rows = [TrainRow(lora_name="fx", source_image=Path(f"s{i}.png"), instruction="make it fx") for i in range(2)]
     ws = SimpleNamespace(cfg=cfg, cache=cache, base_key="tiny", image_size=16, load_backbone=_backbone,
-                         content_key=lambda paths: [],
+                         content_key=lambda paths: [], dataset_root=Path("."),
                          full_bench=SimpleNamespace(train_rows=lambda name: rows),
                          images=lambda paths, origins=None: torch.rand(len(paths), 3, 16, 16),
                          teacher_dir=lambda e, bb=None: Path(e.lora_path))

@@ -423,7 +423,7 @@ def test_lora_specific_test_row_data_type_must_match_effect(ds):
 # ---- identity: keys of a dataset on disk follow its content, not its path (issue 14 item 5)
 
 
-def _keys(root: Path) -> tuple[str, str, list[str]]:
+def _keys(root: Path) -> tuple[str, str, list[str], str]:
     from dataclasses import replace
 
     from bench.cache import ArtifactCache
@@ -433,8 +433,12 @@ def _keys(root: Path) -> tuple[str, str, list[str]]:
 
     cfg = PRESETS.get("smoke")()
     cfg = replace(cfg, world=replace(cfg.world, kind="effectbench", root=str(root)), n_effects=2)
+    from methods.teachers import outputs_key
+
     ws = Workspace(cfg, ArtifactCache(root.parent / "cache"))
-    return cell_id(cfg), ws.base_key, ws.content_key([root / "img" / "0.png", root / "img" / "1.png"])
+    sepia = ws.full_bench.effects[0]
+    outputs = outputs_key(ws, sepia, Path("teachers/abc"), ws.full_bench.train_rows(sepia.lora_name))
+    return cell_id(cfg), ws.base_key, ws.content_key([root / "img" / "0.png", root / "img" / "1.png"]), outputs
 
 
 def test_a_dataset_edited_in_place_gets_new_cell_and_artifact_keys(ds):
@@ -447,7 +451,7 @@ def test_a_dataset_edited_in_place_gets_new_cell_and_artifact_keys(ds):
     assert _keys(copy) == before                       # same content elsewhere: same cells, same artifacts
     save_image(root / "img" / "1.png", _img(99))       # one training target edited in place
     after = _keys(root)
-    assert after[0] != before[0] and after[1] != before[1] and after[2] != before[2]
+    assert all(a != b for a, b in zip(after, before))
     assert _keys(root) == after                        # and stable while nothing changes
 
 
