@@ -46,10 +46,6 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
 
     store = ResultStore(out)
     cid = cell_id(cell)
-    if not is_measurement(cell):  # every missing input at once, before anything is written or trained
-        from bench.workspace import Workspace
-
-        Workspace(cell, cache).check_inputs()
     if not force and store.is_done(cid):
         try:
             rows = store.read_cell(cid)
@@ -58,9 +54,15 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
         else:
             print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
             return rows
+    ws = None
+    if not is_measurement(cell):  # every missing input at once, before anything is written or trained
+        from bench.workspace import Workspace
+
+        ws = Workspace(cell, cache)
+        ws.check_inputs()
     if not distributed.current().is_main:
-        if not is_measurement(cell):
-            _prepare(cell, cache)
+        if ws is not None:
+            _prepare(ws)
         return None
     store.write_config(cid, cell)
     t0 = time.perf_counter()
@@ -68,14 +70,13 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
         rows = cell.run(out, cache)
         timing = f"measured in {time.perf_counter() - t0:.1f}s"
     else:
-        rows, timing = _train_and_evaluate(cell, store, cid, cache)
+        rows, timing = _train_and_evaluate(ws, store, cid)
     store.write_rows(cid, rows)
     print(f"cell {cid} ({describe(cell)}): {timing}, {len(rows)} rows -> {store.cell_dir(cid)}")
     return rows
 
 
-def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
-                        cache: ArtifactCache) -> tuple[pd.DataFrame, str]:
+def _train_and_evaluate(ws, store: ResultStore, cid: str) -> tuple[pd.DataFrame, str]:  # noqa: ANN001
     """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
     from bench.evaluate import evaluate
     from methods.backbones.prompt_cache import prompt_cache_report
@@ -83,7 +84,8 @@ def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
     from metrics.cache import forward_report
 
     t0 = time.perf_counter()
-    ws, method, effects = _prepare(cfg, cache)
+    cfg = ws.cfg
+    method, effects = _prepare(ws)
     store.write_artifacts(cid, method.artifacts())
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
@@ -95,17 +97,15 @@ def _train_and_evaluate(cfg: RunConfig, store: ResultStore, cid: str,
     return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
 
 
-def _prepare(cfg: RunConfig, cache: ArtifactCache):  # noqa: ANN202
-    """The cell's method with its adapters trained or loaded: (workspace, method, effects)."""
-    from bench.workspace import Workspace
+def _prepare(ws):  # noqa: ANN001, ANN202 -- a checked Workspace (the one run_cell built)
+    """The cell's method with its adapters trained or loaded: (method, effects)."""
     from methods import METHODS, resolve_components
 
-    method_cls = METHODS.get(cfg.method)
-    ws = Workspace(cfg, cache)
-    method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
+    method_cls = METHODS.get(ws.cfg.method)
+    method = method_cls(ws, resolve_components(method_cls, ws.cfg.components_off))
     effects = list(ws.bench.effects)
     method.prepare(effects)
-    return ws, method, effects
+    return method, effects
 
 
 def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,

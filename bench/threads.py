@@ -54,9 +54,9 @@ def set_threads(flag: int | None = None, *, share: int = 1) -> str:
     """Set torch's intra-op threads by the policy above (``share``: processes splitting the
     cores, e.g. torchrun ranks, when nothing was set explicitly); returns a line saying why."""
     n, why = choose_threads(flag)
-    if share > 1 and why.endswith(tuple("0123456789")):  # the idle-cores default, not a user's setting
+    default = why.endswith(tuple("0123456789"))  # the idle-cores default ("... load 1.7"), not a setting
+    if share > 1 and default:
         n = max(1, n // share)
         why += f", shared by {share} processes"
     torch.set_num_threads(n)
-    default = why.endswith(tuple("0123456789"))
     return f"threads: {n} ({why}" + ("; choose with --threads N or OMP_NUM_THREADS)" if default else ")")
