@@ -41,7 +41,8 @@ class WorldConfig:
     n_general: int = 4096            # general-edit triples (pretraining + general stream)
     # Bumped when the synthetic world's generator changes what it writes, so cached worlds, bases
     # and cells of an older world are never reused. 2: stochastic effects, mode-aware test rows.
-    version: int = 2
+    # 3: modes only where an op's own modes are well separated (no placement modes).
+    version: int = 3
 
 
 @dataclass(frozen=True)
