@@ -66,7 +66,8 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
                     status, note = "n/a", f"{m.info.name} is not defined for a {base['variation']} effect"
                 records.append({**base, "sample": i // draws, "draw": i % draws, "metric": m.info.name,
                                 "value": float(value), "status": status, "note": note, "role": m.info.role or "",
-                                "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better})
+                                "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better,
+                                "unit": m.info.unit})
         nfe = max(nfes)
         for i in range(n):
             records.append({**base, "sample": i // draws, "draw": i % draws, "metric": "nfe", "value": float(nfe),

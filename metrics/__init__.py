@@ -24,6 +24,7 @@ class MetricInfo:
     role: str | None = None        # the paper column this metric stands in for, if any
     synthetic: bool = False        # computed from the synthetic world's exact ground truth
     description: str = ""
+    unit: str = ""                 # what one value is measured in, for table headers ("dB", "share 0-1")
 
 
 @dataclass

@@ -103,7 +103,7 @@ class _Judge(Metric):
 
 
 class SyntheticVSA(_Judge):
-    info = MetricInfo("vsa_syn", higher_is_better=True, compares=("results", "sources"), role="VSA",
+    info = MetricInfo("vsa_syn", higher_is_better=True, compares=("results", "sources"), role="VSA", unit="score 1-5",
                       synthetic=True,
                       description="synthetic judge: 1 + 4 * structure kept relative to the exact effect")
 
@@ -112,7 +112,7 @@ class SyntheticVSA(_Judge):
 
 
 class SyntheticEditReward(_Judge):
-    info = MetricInfo("editreward_syn", higher_is_better=True, compares=("results", "sources"),
+    info = MetricInfo("editreward_syn", higher_is_better=True, compares=("results", "sources"), unit="score -1..1",
                       role="EditReward", synthetic=True,
                       description="synthetic judge: clamp(1 - mode-aware effect error / effect size - texture "
                                   "deficit, -1, 1)")
@@ -122,7 +122,7 @@ class SyntheticEditReward(_Judge):
 
 
 class SyntheticBCR(_Judge):
-    info = MetricInfo("bcr_syn", higher_is_better=False, compares=("results", "sources"), role="BCR",
+    info = MetricInfo("bcr_syn", higher_is_better=False, compares=("results", "sources"), role="BCR", unit="share 0-1",
                       synthetic=True,
                       description=f"synthetic judge: 1 if mode-aware effect error > {BAD_EFFECT} of the effect, "
                                   f"structure kept < {BAD_STRUCTURE} or the result sits at the mode average, else 0")

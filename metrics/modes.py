@@ -163,7 +163,7 @@ class _Exact(Metric):
 
 
 class ModeMAE(_Exact):
-    info = MetricInfo("gt_mode_mae", higher_is_better=False, compares=("results",), role="DreamSim",
+    info = MetricInfo("gt_mode_mae", higher_is_better=False, compares=("results",), role="DreamSim", unit="MAE 0-1",
                       synthetic=True, description="MAE to the nearest allowed variant (textures: of the structure "
                                                   "under the grain)")
 
@@ -172,7 +172,7 @@ class ModeMAE(_Exact):
 
 
 class ModePSNR(_Exact):
-    info = MetricInfo("gt_mode_psnr", higher_is_better=True, compares=("results",), role="CLIP",
+    info = MetricInfo("gt_mode_psnr", higher_is_better=True, compares=("results",), role="CLIP", unit="dB",
                       synthetic=True, description="PSNR (dB) to the nearest allowed variant (textures: of the "
                                                   "structure under the grain)")
 
@@ -181,7 +181,7 @@ class ModePSNR(_Exact):
 
 
 class ModeBlur(_Exact):
-    info = MetricInfo("mode_blur", higher_is_better=False, compares=("results",), synthetic=True,
+    info = MetricInfo("mode_blur", higher_is_better=False, compares=("results",), synthetic=True, unit="share 0-1",
                       description="share of results at the mode average: closer to the mode mean than to the "
                                   f"nearest mode, or under {BLUR_ENERGY} of a draw's texture energy")
 
@@ -191,6 +191,7 @@ class ModeBlur(_Exact):
 
 class TextureEnergy(_Exact):
     info = MetricInfo("texture_energy", higher_is_better=True, compares=("results",), synthetic=True,
+                      unit="exact draw = 1",
                       description="high-pass spread of one source's draws / an exact draw's (1 right, < 1 "
                                   "smooth, > 1 noise)")
 
@@ -204,7 +205,7 @@ def expected_distinct(k: int, draws: int) -> float:
 
 
 class ModeCoverage(_Exact):
-    info = MetricInfo("mode_coverage", higher_is_better=True, compares=("results",), synthetic=True,
+    info = MetricInfo("mode_coverage", higher_is_better=True, compares=("results",), synthetic=True, unit="ideal = 1",
                       description="distinct modes hit by one source's draws / the ideal sampler's expectation")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
@@ -219,7 +220,7 @@ class ModeCoverage(_Exact):
 
 
 class DiversityRatio(_Exact):
-    info = MetricInfo("diversity_ratio", higher_is_better=True, compares=("results",), synthetic=True,
+    info = MetricInfo("diversity_ratio", higher_is_better=True, compares=("results",), synthetic=True, unit="exact = 1",
                       description="mean pairwise MAE of one source's draws / its exact expectation (1 right, "
                                   "0 collapse)")
 

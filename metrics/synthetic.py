@@ -19,7 +19,7 @@ from metrics import EvalBatch, Metric, MetricInfo
 
 
 class GroundTruthPSNR(Metric):
-    info = MetricInfo("gt_psnr", higher_is_better=True, compares=("results", "targets"), synthetic=True,
+    info = MetricInfo("gt_psnr", higher_is_better=True, compares=("results", "targets"), synthetic=True, unit="dB",
                       description="PSNR (dB) of the result against one sampled effect(source) (rewards the mode mean)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
@@ -28,7 +28,7 @@ class GroundTruthPSNR(Metric):
 
 
 class GroundTruthMAE(Metric):
-    info = MetricInfo("gt_mae", higher_is_better=False, compares=("results", "targets"), synthetic=True,
+    info = MetricInfo("gt_mae", higher_is_better=False, compares=("results", "targets"), synthetic=True, unit="MAE 0-1",
                       description="MAE of the result against one sampled effect(source) (rewards the mode mean)")
 
     def _score(self, batch: EvalBatch) -> torch.Tensor:
@@ -55,7 +55,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 
 
 class SourceSSIM(Metric):
-    info = MetricInfo("src_ssim", higher_is_better=True, compares=("results", "sources"),
+    info = MetricInfo("src_ssim", higher_is_better=True, compares=("results", "sources"), unit="SSIM",
                       role="DINO", synthetic=True,
                       description="luminance SSIM of the result against its source (structure kept)")
 

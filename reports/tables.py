@@ -32,10 +32,16 @@ class Column:
     higher: bool
     synthetic: bool = False
     missing_note: str = ""     # why a role's metric is missing, if it is
+    unit: str = ""             # the metric's unit, from its rows ("" in rows of older runs)
 
     @property
     def header(self) -> str:
-        return f"{self.label} {ARROW[self.higher]}"
+        """The label, and for a stand-in (a metric that is not the paper's own) the metric it
+        holds with its unit: "gt_mode_psnr (dB) · CLIP role ↑"; "mode_blur (share 0-1) ↓"."""
+        held = f"{self.metric} ({self.unit})" if self.unit else self.metric
+        if self.metric is None or self.metric.lower() == self.label.lower().split(" (")[0]:
+            return f"{held if not self.role else self.label} {ARROW[self.higher]}"
+        return f"{held} · {self.role} role {ARROW[self.higher]}"
 
 
 def _first(rows: pd.DataFrame, col: str, default):
@@ -57,12 +63,13 @@ def metric_columns(rows: pd.DataFrame, *, paper_roles: bool = True) -> list[Colu
         if len(metrics) == 1:
             m = ok[ok.metric == metrics[0]]
             higher = bool(_first(m, "higher_is_better", paper.HIGHER_IS_BETTER[role]))
-            cols.append(Column(role, metrics[0], role, higher, bool(_first(m, "synthetic", False))))
+            cols.append(Column(role, metrics[0], role, higher, bool(_first(m, "synthetic", False)),
+                               unit=str(_first(m, "unit", "") or "")))
         elif metrics:
             for name in metrics:
                 m = ok[ok.metric == name]
                 cols.append(Column(f"{role} ({name})", name, role, bool(_first(m, "higher_is_better", True)),
-                                   bool(_first(m, "synthetic", False))))
+                                   bool(_first(m, "synthetic", False)), unit=str(_first(m, "unit", "") or "")))
         elif len(sub) or paper_roles:
             note = "; ".join(dict.fromkeys(f"{r.metric}: {r.note}" for r in sub.itertuples() if r.note))
             cols.append(Column(role, None, role, paper.HIGHER_IS_BETTER[role], missing_note=note or "not measured"))
@@ -71,7 +78,7 @@ def metric_columns(rows: pd.DataFrame, *, paper_roles: bool = True) -> list[Colu
         if m.empty:
             continue
         cols.append(Column(name, name, "", bool(_first(m, "higher_is_better", True)),
-                           bool(_first(m, "synthetic", False))))
+                           bool(_first(m, "synthetic", False)), unit=str(_first(m, "unit", "") or "")))
     # NFE last, as in the paper
     return sorted(cols, key=lambda c: c.role == "NFE")
 

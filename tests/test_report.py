@@ -39,12 +39,13 @@ def _rows(cfg, quality: float) -> pd.DataFrame:
                     "synthetic": True, "seed": cfg.seed}
             for metric, role, higher in METRICS:
                 value = 20 * quality if metric == "gt_psnr" else (1 - quality) if metric == "gt_mae" else quality
-                recs.append({**base, "metric": metric, "role": role, "higher_is_better": higher, "value": value})
+                recs.append({**base, "metric": metric, "role": role, "higher_is_better": higher, "value": value,
+                             "unit": "dB" if metric == "gt_psnr" else ""})
             recs.append({**base, "metric": "nfe", "role": "NFE", "higher_is_better": False, "synthetic": False,
                          "value": NFE[cfg.method]})
             recs.append({**base, "metric": "vsa", "role": "VSA", "higher_is_better": True, "synthetic": False,
                          "value": float("nan"), "status": "missing", "note": "no judge endpoint: set BENCH_JUDGE_URL"})
-    return pd.DataFrame.from_records(recs)[COLUMNS]
+    return pd.DataFrame.from_records(recs)[[*COLUMNS, "unit"]]
 
 
 def _write(store: ResultStore, cfg, rows: pd.DataFrame, images: bool = True) -> str:
@@ -140,7 +141,8 @@ def test_report_has_every_table_plot_and_grid(report):
 def test_tables_bold_best_arrows_and_nfe(report):
     text, _ = report
     main = text.split("## 1.")[1].split("**paper**")[0]
-    assert "CLIP ↑" in main and "DreamSim ↓" in main and "NFE ↓" in main
+    # a stand-in column says the metric it holds, its unit and the paper column it plays
+    assert "gt_psnr (dB) · CLIP role ↑" in main and "DreamSim role ↓" in main and "NFE ↓" in main
     ours = next(line for line in main.splitlines() if "Ours (CollectionLoRA)" in line and "Single" not in line)
     # best CLIP-role and DreamSim-role are ours, significantly (the fake rows have no spread)
     assert "**18.00 ± 0.00**" in ours and "**0.100 ± 0.000**" in ours
