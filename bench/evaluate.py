@@ -67,7 +67,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
                 records.append({**base, "sample": i // draws, "draw": i % draws, "metric": m.info.name,
                                 "value": float(value), "status": status, "note": note, "role": m.info.role or "",
                                 "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better,
-                                "unit": m.info.unit})
+                                "unit": m.info.unit, "ideal": m.info.ideal})
         nfe = max(nfes)
         for i in range(n):
             records.append({**base, "sample": i // draws, "draw": i % draws, "metric": "nfe", "value": float(nfe),

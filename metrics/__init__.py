@@ -25,6 +25,7 @@ class MetricInfo:
     synthetic: bool = False        # computed from the synthetic world's exact ground truth
     description: str = ""
     unit: str = ""                 # what one value is measured in, for table headers ("dB", "share 0-1")
+    ideal: float | None = None     # a ratio whose right value is this (1): closer is better, either side
 
 
 @dataclass

@@ -191,7 +191,7 @@ class ModeBlur(_Exact):
 
 class TextureEnergy(_Exact):
     info = MetricInfo("texture_energy", higher_is_better=True, compares=("results",), synthetic=True,
-                      unit="exact draw = 1",
+                      unit="exact draw = 1", ideal=1.0,
                       description="high-pass spread of one source's draws / an exact draw's (1 right, < 1 "
                                   "smooth, > 1 noise)")
 
@@ -220,7 +220,8 @@ class ModeCoverage(_Exact):
 
 
 class DiversityRatio(_Exact):
-    info = MetricInfo("diversity_ratio", higher_is_better=True, compares=("results",), synthetic=True, unit="exact = 1",
+    info = MetricInfo("diversity_ratio", higher_is_better=True, compares=("results",), synthetic=True,
+                      unit="exact = 1", ideal=1.0,
                       description="mean pairwise MAE of one source's draws / its exact expectation (1 right, "
                                   "0 collapse)")
 

@@ -16,7 +16,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports import paper_numbers as paper  # noqa: E402
-from reports.tables import ARROW, DEPLOY_METHOD, deployment_agg, label, method_order, metric_columns  # noqa: E402
+from reports.tables import DEPLOY_METHOD, deployment_agg, label, method_order, metric_columns  # noqa: E402
 
 # The paper's rows, each adding one component: (1) vanilla multi-teacher DMD ... (5) full.
 ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PDSR", "tafm,ts": "(3) +AOP",
@@ -71,7 +71,7 @@ def training_curves(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
                 linestyle=LINE_STYLES[k % len(LINE_STYLES)], label=ABLATION_NAMES.get(ab, f"off: {ab}"))
     ax.set_xlabel("distillation step (critic updates)")
     ax.set_xticks(sorted(means.step.unique()))
-    ax.set_ylabel(f"{c.metric} {ARROW[c.higher]}")
+    ax.set_ylabel(f"{c.metric} {c.arrow}")
     ax.set_title(f"{role}-role metric vs step ({c.metric})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -94,7 +94,7 @@ def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: boo
         sub = means[means.method == m].sort_values("n_effects")
         ax.plot(sub.n_effects, sub.value, marker="o", label=label(m))
     _effects_axis(ax, means.n_effects.unique())
-    ax.set_ylabel(f"{c.metric} {ARROW[c.higher]}")
+    ax.set_ylabel(f"{c.metric} {c.arrow}")
     ax.set_title(f"this run: {role}-role ({c.metric})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

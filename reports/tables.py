@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from reports import paper_numbers as paper
@@ -33,6 +34,11 @@ class Column:
     synthetic: bool = False
     missing_note: str = ""     # why a role's metric is missing, if it is
     unit: str = ""             # the metric's unit, from its rows ("" in rows of older runs)
+    ideal: float | None = None  # closer to this is better (texture_energy, diversity_ratio: 1)
+
+    @property
+    def arrow(self) -> str:
+        return f"→{self.ideal:g}" if self.ideal is not None else ARROW[self.higher]
 
     @property
     def header(self) -> str:
@@ -40,8 +46,8 @@ class Column:
         holds with its unit: "gt_mode_psnr (dB) · CLIP role ↑"; "mode_blur (share 0-1) ↓"."""
         held = f"{self.metric} ({self.unit})" if self.unit else self.metric
         if self.metric is None or self.metric.lower() == self.label.lower().split(" (")[0]:
-            return f"{held if not self.role else self.label} {ARROW[self.higher]}"
-        return f"{held} · {self.role} role {ARROW[self.higher]}"
+            return f"{held if not self.role else self.label} {self.arrow}"
+        return f"{held} · {self.role} role {self.arrow}"
 
 
 def _first(rows: pd.DataFrame, col: str, default):
@@ -77,8 +83,10 @@ def metric_columns(rows: pd.DataFrame, *, paper_roles: bool = True) -> list[Colu
         m = rows[(rows.metric == name) & (rows.status == "ok")]
         if m.empty:
             continue
+        ideal = _first(m, "ideal", None)
         cols.append(Column(name, name, "", bool(_first(m, "higher_is_better", True)),
-                           bool(_first(m, "synthetic", False)), unit=str(_first(m, "unit", "") or "")))
+                           bool(_first(m, "synthetic", False)), unit=str(_first(m, "unit", "") or ""),
+                           ideal=None if ideal is None or pd.isna(ideal) else float(ideal)))
     # NFE last, as in the paper
     return sorted(cols, key=lambda c: c.role == "NFE")
 
@@ -151,17 +159,22 @@ def cluster_columns(rows: pd.DataFrame, by: Sequence[str], cols: Sequence[Column
     return out
 
 
-def ci_column(groups: dict, keys: Sequence, higher: bool, label: str) -> list[str]:
+def ci_column(groups: dict, keys: Sequence, col: Column) -> list[str]:
     """``mean ± half-width`` of the 95 % interval per key; the best mean in bold only when it is
-    *significantly* better than every other row (paired bootstrap over shared test sources)."""
+    *significantly* better than every other row (paired bootstrap over shared test sources). For
+    a column with an ideal value, "better" is closer to it: -|log(value / ideal)|, per source."""
     cis = {k: stats.bootstrap_ci(groups[k]) if k in groups else None for k in keys}
     means = [cis[k].mean if cis[k] is not None else float("nan") for k in keys]
-    text = column_formatter(means, label)
-    finite = [(m, k) for m, k in zip(means, keys) if not math.isnan(m)]
+    text = column_formatter(means, col.label)
+    higher, judged = col.higher, groups
+    if col.ideal is not None:
+        higher = True
+        judged = {k: -np.log(g.clip(lower=1e-6) / col.ideal).abs() for k, g in groups.items()}
+    finite = [(float(judged[k].mean()), k) for m, k in zip(means, keys) if not math.isnan(m)]
     best = None
     if len(finite) > 1:
         top = (max if higher else min)(finite, key=lambda t: t[0])[1]
-        if all(stats.significantly(stats.paired_difference(groups[top], groups[k]), higher)
+        if all(stats.significantly(stats.paired_difference(judged[top], judged[k]), higher)
                for _, k in finite if k != top):
             best = top
     out = []
@@ -171,7 +184,7 @@ def ci_column(groups: dict, keys: Sequence, higher: bool, label: str) -> list[st
             out.append("—")
             continue
         half = (ci.hi - ci.lo) / 2 if not math.isnan(ci.lo) else float("nan")
-        cell = text(m) + ("" if math.isnan(half) or label.startswith("NFE") else f" ± {text(half)}")
+        cell = text(m) + ("" if math.isnan(half) or col.label.startswith("NFE") else f" ± {text(half)}")
         out.append(f"**{cell}**" if k == best else cell)
     return out
 
@@ -289,11 +302,11 @@ def main_table(rows: pd.DataFrame, *, by_category: bool = False) -> str:
             cats = [k[1] for k in keys]
             for cat in dict.fromkeys(cats):
                 idx = [i for i, k in enumerate(cats) if k == cat]
-                for i, cell in zip(idx, ci_column(groups[c.label], [keys[i] for i in idx], c.higher, c.label)):
+                for i, cell in zip(idx, ci_column(groups[c.label], [keys[i] for i in idx], c)):
                     shown[i] = cell
             out[c.header] = shown
         else:
-            out[c.header] = ci_column(groups[c.label], keys, c.higher, c.label)
+            out[c.header] = ci_column(groups[c.label], keys, c)
     return render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
@@ -309,7 +322,7 @@ def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
     out = pd.DataFrame({"Method": [label(m) for m in methods]})
     for n in sorted({k for _, k in groups}):
         sub = {m: groups[(m, n)] for m in methods if (m, n) in groups}
-        out[f"{n} LoRAs"] = ci_column(sub, methods, c.higher, c.label)
+        out[f"{n} LoRAs"] = ci_column(sub, methods, c)
     return f"{c.header} (`{c.metric}`)\n\n" + render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
@@ -332,7 +345,7 @@ def ablation_table(rows: pd.DataFrame) -> str:
         out[names[comp]] = ["" if comp in off(ab) else "✓" for ab in keyed]
     out["n"] = n_sources(groups, keyed)
     for c in cols:
-        out[c.header] = ci_column(groups[c.label], keyed, c.higher, c.label)
+        out[c.header] = ci_column(groups[c.label], keyed, c)
     return render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 

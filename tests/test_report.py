@@ -291,8 +291,22 @@ def test_a_best_value_is_bold_only_when_significantly_best():
     base = 0.5 + noise
     close = base + pd.Series(rng.normal(0.005, 0.1, 30), index=idx)   # a tiny, noisy "win"
     clear = base + 0.2 + pd.Series(rng.normal(0, 0.01, 30), index=idx)
-    cells = tables.ci_column({"a": base, "b": close}, ["a", "b"], True, "CLIP")
+    clip = tables.Column("CLIP", "clip", "CLIP", True)
+    cells = tables.ci_column({"a": base, "b": close}, ["a", "b"], clip)
     assert not any(c.startswith("**") for c in cells) and all("±" in c for c in cells)
-    cells = tables.ci_column({"a": base, "b": clear}, ["a", "b"], True, "CLIP")
+    cells = tables.ci_column({"a": base, "b": clear}, ["a", "b"], clip)
     assert cells[1].startswith("**") and not cells[0].startswith("**")
     assert tables.n_sources({"CLIP": {"a": base}}, ["a"]) == ["30"]
+
+
+def test_a_ratio_with_an_ideal_value_is_best_closest_to_it_and_says_so():
+    """texture_energy 1 is an exact draw's; 1.3 (noise) is not better than 0.95 (nearly right)."""
+    idx = pd.MultiIndex.from_tuples([("e", i) for i in range(40)], names=["effect", "sample"])
+    rng = np.random.default_rng(0)
+    groups = {"noisy": pd.Series(1.30 + 0.01 * rng.standard_normal(40), index=idx),
+              "right": pd.Series(0.95 + 0.01 * rng.standard_normal(40), index=idx),
+              "smooth": pd.Series(0.40 + 0.01 * rng.standard_normal(40), index=idx)}
+    col = tables.Column("texture_energy", "texture_energy", "", True, True, unit="exact draw = 1", ideal=1.0)
+    cells = tables.ci_column(groups, ["noisy", "right", "smooth"], col)
+    assert cells[1].startswith("**0.95") and "**" not in cells[0] + cells[2]
+    assert col.header == "texture_energy (exact draw = 1) →1"
