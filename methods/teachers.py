@@ -11,6 +11,7 @@ import torch
 from bench.cache import ArtifactSpec
 from bench.config import LoraTrainConfig
 from methods.backbones import Backbone
+from methods.distributed import DistEnv
 from methods.fm import EditPairs, FMSettings, train_flow_matching
 from methods.lora import add_lora, save_lora
 
@@ -18,8 +19,11 @@ TRAINING_ADAPTER = "lora_in_training"  # not "training": that is an nn.Module at
 
 
 def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *, shift: float,
-                  seed: int, out_dir: Path, desc: str) -> Path:
-    """Train one LoRA on ``backbone`` (left without adapters afterwards) and save it to ``out_dir``."""
+                  seed: int, out_dir: Path, desc: str, env: DistEnv | None = None) -> Path | None:
+    """Train one LoRA on ``backbone`` (left without adapters afterwards) and save it to ``out_dir``.
+    Under ``env`` with several ranks they train it together, data-parallel, and rank 0 alone
+    writes (the others return None)."""
+    env = env or DistEnv()
     transformer = backbone.transformer
     transformer.requires_grad_(False)
     with torch.random.fork_rng():  # LoRA init from the teacher's seed: reproducible across processes
@@ -30,8 +34,8 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
                               uncond_prob=cfg.uncond_prob, grad_clip=cfg.grad_clip,
                               weighting_scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean,
                               logit_std=cfg.logit_std, mode_scale=cfg.mode_scale)
-        train_flow_matching(backbone, pairs, settings, seed=seed, log_path=out_dir / "loss.csv", desc=desc)
-        return save_lora(transformer, TRAINING_ADAPTER, out_dir)
+        train_flow_matching(backbone, pairs, settings, seed=seed, log_path=out_dir / "loss.csv", desc=desc, env=env)
+        return save_lora(transformer, TRAINING_ADAPTER, out_dir) if env.is_main else None
     finally:
         transformer.delete_adapters([TRAINING_ADAPTER])
 
