@@ -121,7 +121,7 @@ def load_cell(path: str | Path) -> Cell:
 # job callables (pickled by reference: tiny; they receive paths)
 
 
-def _job_threads() -> None:
+def job_threads() -> None:
     """The cores SLURM gave the job, unless the user chose (bench/threads.py); quiet warnings."""
     from bench.runner import quiet_expected_warnings
     from bench.threads import set_threads
@@ -135,7 +135,7 @@ def _job_setup() -> None:
     every task is a torch.distributed rank that trains data-parallel; rank 0 writes."""
     from methods import distributed
 
-    _job_threads()
+    job_threads()
     distributed.init()
 
 
