@@ -31,6 +31,7 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
     Under torch.distributed (several ranks, e.g. ``torchrun -m bench.run`` or a multi-task SLURM
     job) the ranks train it together, data-parallel; rank 0 owns the cache entry."""
     teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+    named = {e.lora_name: teacher_identity(e, teachers[e.lora_name]) for e in effects}  # read once, not per snapshot
     env = distributed.current()
     sampler = ws.cfg.sampling.dmd_sampler  # backward simulation's; a student is served with the same
 
@@ -39,8 +40,7 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
         checkpoints or publishes snapshots differently trains the same artifact."""
         return ArtifactSpec(kind, {
             "base": ws.base_key, "distill": result_dict(c), "p_switch": p_switch, "objectives": objectives,
-            "effects": [(e.lora_name, teacher_identity(e, teachers[e.lora_name]), e.prompt, student_prompt(e))
-                        for e in effects],
+            "effects": [(e.lora_name, named[e.lora_name], e.prompt, student_prompt(e)) for e in effects],
             "seed": seed, "fast_steps": ws.cfg.sampling.fast_steps, "sampler": sampler,
             "init_student": str(init_student), "extra": extra_key, "engine": ENGINE_VERSION},
             label=label if c.steps == cfg.steps else f"{label} @ step {c.steps} (snapshot)")
