@@ -1,16 +1,22 @@
 """Content-addressed artifact cache (base model, teacher LoRAs, synthetic datasets, ...).
 
-An artifact lives in ``<root>/<kind>/<key>/`` where ``key`` hashes the resolved config that
-produced it. It is built in a temporary directory under an exclusive file lock and renamed
-into place only when complete, so a crash never leaves a half-written artifact (the temporary
-directory a killed build leaves is removed by the next build of that kind) and concurrent
-jobs (e.g. SLURM array tasks) build it once instead of racing. Tensor files holding NaN/inf are
-refused before that rename (``check_finite``): a cached NaN would feed every run that reuses it.
+An artifact is described by an :class:`ArtifactSpec`: its kind and the named inputs that
+determine it. It lives in ``<root>/<kind>/<key>/`` where ``key`` hashes exactly those inputs,
+and the same inputs are written next to it (``config.json``), so what a key means can be read
+back and the key and the record cannot drift apart. It is built in a temporary directory under
+an exclusive file lock and renamed into place only when complete, so a crash never leaves a
+half-written artifact (the temporary directory a killed build leaves is removed by the next
+build of that kind) and concurrent jobs (e.g. SLURM array tasks) build it once instead of
+racing. Tensor files holding NaN/inf are refused before that rename (``check_finite``): a cached
+NaN would feed every run that reuses it.
+
+Small files are written with :func:`atomic_write`, the one tmp-then-rename writer of the tree.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,28 +27,72 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from bench.config import config_hash, to_dict
 from bench.errors import NonFiniteError
 
 DONE = "DONE"
+RECORD = "config.json"  # the spec's inputs, next to the artifact
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth")  # what check_finite opens; images cannot hold NaN
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a small cache file so readers see the old file or the whole new one, never a part
-    (concurrent SLURM tasks share these caches)."""
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
+    """Write a file so readers see the old file or the whole new one, never a part (concurrent
+    SLURM tasks share caches and result folders): ``data`` as bytes or text, or ``data(handle)``
+    writing into a binary handle (PIL's ``save``, ``torch.save``). The temporary file sits next
+    to the target (``.tmp-*``, same filesystem, so the rename is atomic) and is removed on error."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide entries from other users of a shared cache
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """What one cached artifact is made from: every input that determines it, by name.
+
+    ``key`` hashes the values of ``inputs`` in their order (``bench.config.config_hash``, so the
+    keys of artifacts cached before specs existed are unchanged) and ``record`` is what is
+    written next to the artifact: the same inputs, under their names. Re-hashing a stored
+    record's inputs gives its directory name back (``key_of_record``). Inputs read from files
+    (a dataset on disk, a teacher's weights) enter as content fingerprints
+    (``files_fingerprint``), never as paths.
+    """
+
+    kind: str                   # cache folder: "base", "teachers", "teacher_outputs", "collectionlora", ...
+    inputs: dict[str, Any]      # name -> value (configs as dataclasses or dicts, keys of other artifacts, ...)
+    label: str = ""             # how the build log names it ("teacher LoRA sepia"); the log adds kind/key
+
+    @property
+    def key(self) -> str:
+        return config_hash(*self.inputs.values())
+
+    def record(self) -> dict[str, Any]:
+        """The JSON written as ``config.json``: kind, key and the inputs, each as it was hashed."""
+        inputs = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in self.inputs.items()}
+        return {"kind": self.kind, "key": self.key, "inputs": inputs}
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.kind}/{self.key})" if self.label else f"{self.kind}/{self.key}"
+
+
+def key_of_record(record: dict[str, Any]) -> str:
+    """The key a stored record's inputs hash to (its order of inputs is kept in the file)."""
+    return config_hash(*record["inputs"].values())
 
 
 def default_cache_root() -> Path:
@@ -54,62 +104,58 @@ class ArtifactCache:
         self.root = Path(root) if root is not None else default_cache_root()
         self.verbose = verbose
 
-    def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key
+    def path(self, spec: ArtifactSpec) -> Path:
+        return self.root / spec.kind / spec.key
 
-    def work_dir(self, kind: str, key: str) -> Path:
+    def work_dir(self, spec: ArtifactSpec) -> Path:
         """Scratch space of an artifact in progress (checkpoints); survives crashes so a rerun
         resumes, and is removed once the artifact is complete."""
-        return self.root / kind / f".work-{key}"
+        return self.root / spec.kind / f".work-{spec.key}"
 
-    def exists(self, kind: str, key: str) -> bool:
-        return (self.path(kind, key) / DONE).exists()
+    def exists(self, spec: ArtifactSpec) -> bool:
+        return (self.path(spec) / DONE).exists()
 
-    def get_or_build(self, kind: str, key: str, build: Callable[[Path], None], *,
-                     config: dict[str, Any] | None = None, label: str | None = None) -> Path:
+    def get_or_build(self, spec: ArtifactSpec, build: Callable[[Path], None]) -> Path:
         """Return the artifact directory, calling ``build(tmp_dir)`` once if it is missing."""
-        final = self.path(kind, key)
-        label = label or f"{kind} {key}"
+        final = self.path(spec)
         if (final / DONE).exists():
-            self._say(f"cached   {label}")
+            self._say(f"cached   {spec.describe()}")
             return final
-        with self._lock(kind, key):
+        with self._lock(spec):
             if (final / DONE).exists():  # built by another process while we waited
-                self._say(f"cached   {label}")
+                self._say(f"cached   {spec.describe()}")
                 return final
-            self._install(kind, key, build, config, label)
+            self._install(spec, build)
         return final
 
-    def _install(self, kind: str, key: str, build: Callable[[Path], None], config: dict[str, Any] | None,
-                 label: str) -> None:
+    def _install(self, spec: ArtifactSpec, build: Callable[[Path], None]) -> None:
         """Build into a temporary directory and rename it into place (the caller holds the lock)."""
-        final = self.path(kind, key)
-        self._remove_stale_tmp(kind, building=key)
+        final, key, label = self.path(spec), spec.key, spec.describe()
+        self._remove_stale_tmp(spec.kind, building=key)
         self._say(f"building {label}")
         started = time.perf_counter()
         tmp = final.parent / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            if config is not None:
-                (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+            # top level in the spec's order (the key hashes the values in that order)
+            (tmp / RECORD).write_text(json.dumps(spec.record(), indent=2, default=str))
             build(tmp)
             check_finite(tmp, label)
             (tmp / DONE).write_text("")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            shutil.rmtree(self.work_dir(kind, key), ignore_errors=True)
+            shutil.rmtree(self.work_dir(spec), ignore_errors=True)
             self._say(f"built    {label} in {time.perf_counter() - started:.1f}s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def publish(self, kind: str, key: str, build: Callable[[Path], None], *,
-                config: dict[str, Any] | None = None, label: str | None = None) -> bool:
+    def publish(self, spec: ArtifactSpec, build: Callable[[Path], None]) -> bool:
         """Build an artifact now if it is missing and nobody is building it; never waits.
         Returns whether it was built (e.g. training snapshots published on the way)."""
-        if self.exists(kind, key):
+        if self.exists(spec):
             return False
-        lock_path = self.root / kind / f".{key}.lock"
+        lock_path = self.root / spec.kind / f".{spec.key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with lock_path.open("w") as handle:
             try:
@@ -117,9 +163,9 @@ class ArtifactCache:
             except BlockingIOError:
                 return False  # another process is building it
             try:
-                if self.exists(kind, key):
+                if self.exists(spec):
                     return False
-                self._install(kind, key, build, config, label or f"{kind} {key}")
+                self._install(spec, build)
                 return True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -145,8 +191,8 @@ class ArtifactCache:
                 self._say(f"removed  {kind}/{tmp.name}, left by a build that did not finish")
 
     @contextmanager
-    def _lock(self, kind: str, key: str) -> Iterator[None]:
-        lock_path = self.root / kind / f".{key}.lock"
+    def _lock(self, spec: ArtifactSpec) -> Iterator[None]:
+        lock_path = self.root / spec.kind / f".{spec.key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with lock_path.open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -44,7 +44,6 @@ import io
 import json
 import operator
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -53,7 +52,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from bench.cache import files_fingerprint
+from bench.cache import atomic_write, files_fingerprint
 from bench.errors import BenchError
 
 __all__ = [
@@ -514,22 +513,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"object of type {type(o).__name__} is not JSON serializable")
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write ``rows`` (dicts) as UTF-8 JSONL, atomically; returns the number of rows.
 
@@ -544,7 +527,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
         except (TypeError, ValueError) as e:
             raise type(e)(f"write_jsonl({path}): row {i}: {e}") from e
     payload = "".join(s + "\n" for s in lines).encode("utf-8")
-    _atomic_write(Path(path), lambda f: f.write(payload))
+    atomic_write(path, payload)
     return len(lines)
 
 
@@ -640,7 +623,7 @@ def save_image(path: str | os.PathLike, array: Any) -> Path:
         raise TypeError(f"save_image({path}): expected float in [0,1] or uint8, got dtype {a.dtype}")
     img = Image.fromarray(np.ascontiguousarray(u8))
     p = Path(path)
-    _atomic_write(p, lambda f: img.save(f, format="PNG"))
+    atomic_write(p, lambda f: img.save(f, format="PNG"))
     return p
 
 

@@ -21,7 +21,10 @@ SAVED_IMAGES_PER_EFFECT = 4  # result PNGs kept per effect for qualitative grids
 
 
 def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
-             image_dir: Path | None = None) -> pd.DataFrame:
+             image_dir: Path | None = None, limit: int | None = None, draws: int | None = None) -> pd.DataFrame:
+    """Edit every effect's test sources with ``method`` and score the results: tidy rows, one per
+    sample, draw and metric (plus NFE). ``limit`` / ``draws`` override ``eval.limit`` /
+    ``eval.draws`` (bench.tune scores students mid-training on a few samples this way)."""
     cfg = ws.cfg
     components = dataclasses.asdict(method.components) if method.components is not None else {}
     ident = {
@@ -31,11 +34,12 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
         "n_effects": cfg.n_effects, "seed": cfg.seed,
     }
     records: list[dict] = []
-    draws = cfg.eval.draws
+    draws = draws or cfg.eval.draws
+    limit = limit if limit is not None else cfg.eval.limit
     for effect in progress(ws.bench.effects, desc=f"eval {method.name}"):
         tests = ws.bench.test_rows(effect.lora_name)
-        if cfg.eval.limit is not None:
-            tests = tests[: cfg.eval.limit]
+        if limit is not None:
+            tests = tests[:limit]
         if not tests:
             raise ValueError(f"effect {effect.lora_name!r} has no test rows")
         # Each test source is edited ``draws`` times with independent noise (source-major order),

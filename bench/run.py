@@ -181,11 +181,10 @@ def _main(args: argparse.Namespace) -> int:
 
 def _slurm_config(args: argparse.Namespace):
     """``slurm.<field>=value`` overrides -> SlurmConfig; removes them from ``args.overrides``."""
-    from slurm.executors import SlurmConfig
+    from slurm.executors import split_slurm_overrides
 
-    args.slurm_overrides = [o[len("slurm."):] for o in args.overrides if o.startswith("slurm.")]
-    args.overrides = [o for o in args.overrides if not o.startswith("slurm.")]
-    return apply_overrides(SlurmConfig(), args.slurm_overrides)
+    slurm, args.slurm_overrides, args.overrides = split_slurm_overrides(args.overrides)
+    return slurm
 
 
 def list_names(what: str) -> int:

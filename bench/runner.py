@@ -97,12 +97,17 @@ def _train_and_evaluate(ws, store: ResultStore, cid: str) -> tuple[pd.DataFrame,
     return rows, f"{len(effects)} effects, prepare {t1 - t0:.1f}s, evaluate {t2 - t1:.1f}s"
 
 
-def _prepare(ws):  # noqa: ANN001, ANN202 -- a checked Workspace (the one run_cell built)
-    """The cell's method with its adapters trained or loaded: (method, effects)."""
+def make_method(ws):  # noqa: ANN001, ANN201 -- a Workspace -> a Method
+    """The cell's method (``cfg.method`` with ``cfg.components_off`` switched off), not prepared."""
     from methods import METHODS, resolve_components
 
     method_cls = METHODS.get(ws.cfg.method)
-    method = method_cls(ws, resolve_components(method_cls, ws.cfg.components_off))
+    return method_cls(ws, resolve_components(method_cls, ws.cfg.components_off))
+
+
+def _prepare(ws):  # noqa: ANN001, ANN202 -- a checked Workspace (the one run_cell built)
+    """The cell's method with its adapters trained or loaded: (method, effects)."""
+    method = make_method(ws)
     effects = list(ws.bench.effects)
     method.prepare(effects)
     return method, effects

@@ -73,43 +73,32 @@ INTERMEDIATE = "intermediate.jsonl"   # per cell: {"step", "value"} at every DMD
 
 
 class _IntermediateScores(TrainerCallback):
-    """A DMD trainer callback (methods/dmd.py ``observe``) that scores the student at every
-    checkpoint and appends ``{"step", "value"}`` to ``path``. Scoring uses its own RNG, so the
-    training is the same with and without it."""
+    """A DMD trainer callback (methods/dmd.py ``observe``) that evaluates the student at every
+    checkpoint -- the evaluation of every cell (bench/evaluate.py), on ``limit`` test samples per
+    effect, one draw each -- and appends ``{"step", "value"}`` to ``path``. The cell's own method
+    edits with the trainer's student (``serve``), so the student is prompted and sampled as it
+    will be served. Evaluation draws from its own generators: the training is the same with and
+    without it."""
 
-    def __init__(self, ws, prompt_of: Callable, metric_name: str, path: Path, limit: int) -> None:  # noqa: ANN001
+    def __init__(self, method, metric_name: str, path: Path, limit: int) -> None:  # noqa: ANN001
         from metrics import METRICS
 
-        self.ws, self.prompt_of, self.path, self.limit = ws, prompt_of, path, limit
+        self.method, self.path, self.limit = method, path, limit
         self.metric = METRICS.get(metric_name)()
 
     def on_checkpoint(self, trainer, path: Path) -> None:  # noqa: ANN001
         import torch
 
-        with torch.no_grad():
-            value = self._score(trainer)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": trainer.step, "value": value}) + "\n")
-
-    def _score(self, trainer) -> float:  # noqa: ANN001
-        import torch
-
-        from bench.evaluate import effect_batch
-        from methods.distill import edit_with
+        from bench.evaluate import evaluate
         from methods.dmd import STUDENT
 
-        ws, s, scores = self.ws, self.ws.cfg.sampling, []
-        for effect in ws.bench.effects:
-            tests = ws.bench.test_rows(effect.lora_name)[: self.limit]
-            sources = ws.images([t.source_image for t in tests], [t.origin for t in tests])
-            gen = torch.Generator().manual_seed(ws.cfg.seed)
-            prompt = self.prompt_of(effect)
-            images, _ = edit_with(trainer.bb, trainer.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
-                                  shift=s.shift, cfg_scale=1.0, generator=gen, sampler=trainer.sampler)
-            # the evaluation's own batch (one draw per source): mode-aware metrics work here too
-            scores += self.metric.score(effect_batch(ws, effect, tests, images.cpu(), draws=1))
-        trainer.bank.activate()
-        return float(sum(scores) / len(scores))
+        self.method.serve(trainer.bb, trainer.bank, STUDENT)
+        with torch.no_grad():
+            rows = evaluate(self.method, self.method.ws, [self.metric], run="intermediate", limit=self.limit, draws=1)
+        ok = rows[(rows["metric"] == self.metric.info.name) & (rows["status"] == "ok")]
+        value = float(ok["value"].mean()) if len(ok) else float("nan")  # nan: not reported to optuna
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": trainer.step, "value": value}) + "\n")
 
 
 def metric_mean(rows, metric: str) -> float:  # noqa: ANN001
@@ -125,19 +114,15 @@ class TrialJob(submitit.helpers.Checkpointable):
     intermediate scores at every DMD checkpoint; returns the mean of ``metric``."""
 
     def __call__(self, config_path: str, out: str, cache: str, metric: str, probe_limit: int = 2) -> float:
-        from bench.runner import run_cell
+        from bench.runner import make_method, run_cell
         from bench.workspace import Workspace
-        from methods import METHODS, resolve_components
-        from slurm.dispatch import _job_threads, load_config
+        from slurm.dispatch import job_threads, load_config
 
-        _job_threads()
+        job_threads()
         cfg = load_config(config_path)
         cache_obj = ArtifactCache(cache)
-        ws = Workspace(cfg, cache_obj)
-        method_cls = METHODS.get(cfg.method)
-        method = method_cls(ws, resolve_components(method_cls, cfg.components_off))
-        prompt_of = getattr(method, "student_prompt", lambda e: e.prompt)
-        scores = _IntermediateScores(ws, prompt_of, metric, Path(config_path).parent / INTERMEDIATE, probe_limit)
+        method = make_method(Workspace(cfg, cache_obj))  # the cell's method, to score its student mid-training
+        scores = _IntermediateScores(method, metric, Path(config_path).parent / INTERMEDIATE, probe_limit)
         with observe(scores):
             rows = run_cell(cfg, Path(out), cache_obj)
         return metric_mean(rows, metric)
@@ -390,8 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
-    from bench.run import _slurm_config, resolve_config
+    from bench.run import resolve_config
+    from methods import METHODS
     from metrics import METRICS
+    from slurm.executors import split_slurm_overrides
 
     args = build_parser().parse_args(argv)
     if args.report:
@@ -400,8 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         print(md.read_text())
         return 0
     try:
-        slurm = _slurm_config(args)
+        slurm, _, args.overrides = split_slurm_overrides(args.overrides)
         base = resolve_config(args)
+        if not hasattr(METHODS.get(base.method), "serve"):
+            raise ValueError(f"--method {base.method}: bench.tune searches CollectionLoRA's distill.* settings and "
+                             "scores its student while it trains; tune --method ours")
         metric_cls = METRICS.get(args.metric)
         space = [s.strip() for s in args.space.split(",") if s.strip()]
         unknown = [s for s in space if s not in SPACE]

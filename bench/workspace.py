@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cache import ArtifactCache, files_fingerprint
-from bench.config import RunConfig, config_hash, to_dict
+from bench.cache import ArtifactCache, ArtifactSpec, files_fingerprint
+from bench.config import RunConfig
 from bench.effectbench import (
     EffectBench,
     EffectBenchError,
@@ -48,9 +48,8 @@ class Workspace:
             raise ValueError(f"unknown world.kind {world.kind!r}; valid: synthetic, effectbench")
         from bench.synthetic.world import build_world
 
-        key = config_hash(world)
-        return self.cache.get_or_build("world", key, lambda d: build_world(d, world),
-                                       config=to_dict(world), label=f"synthetic EffectBench {key}")
+        spec = ArtifactSpec("world", {"world": world}, label="synthetic EffectBench")
+        return self.cache.get_or_build(spec, lambda d: build_world(d, world))
 
     def check_inputs(self) -> None:
         """Raise :class:`MissingInputsError` listing every input this run needs and does not
@@ -89,13 +88,13 @@ class Workspace:
         """The run's effects: the first ``n_effects`` of the catalogue."""
         return self.full_bench.select(self.cfg.n_effects)
 
-    def content_key(self, paths: list[Path]) -> list[str]:
-        """What keys add for files read from the dataset: their content fingerprint for a dataset
-        on disk (edited in place, it must not serve stale artifacts); nothing for the synthetic
-        world, whose files follow from its config, which every key already holds."""
+    def content_inputs(self, paths: list[Path]) -> dict[str, str]:
+        """What an artifact spec adds for files read from the dataset: their content fingerprint
+        for a dataset on disk (edited in place, it must not serve stale artifacts); nothing for the
+        synthetic world, whose files follow from its config, which every key already holds."""
         if self.cfg.world.kind != "effectbench":
-            return []
-        return [files_fingerprint(sorted({Path(p) for p in paths}))]
+            return {}
+        return {"files": files_fingerprint(sorted({Path(p) for p in paths}))}
 
     @property
     def image_size(self) -> int:
@@ -114,12 +113,20 @@ class Workspace:
 
     # -- base model -----------------------------------------------------------------------------
     @cached_property
-    def base_key(self) -> str:
+    def base_spec(self) -> ArtifactSpec:
+        """The base model: pretrained here on the world's general edits (a dataset on disk by its
+        content, ``world_identity``), or real weights, keyed by what is loaded."""
         cls = BACKBONES.get(self.cfg.backbone.kind)
-        if getattr(cls, "pretrained", False):  # real weights: keyed by what is loaded, not by pretraining
-            return config_hash(self.cfg.backbone)
-        return config_hash(world_identity(self.cfg.world), self.cfg.backbone, self.cfg.pretrain,
-                           self.cfg.sampling.shift)
+        if getattr(cls, "pretrained", False):
+            return ArtifactSpec("base", {"backbone": self.cfg.backbone}, label="base model (real weights)")
+        inputs = {"world": world_identity(self.cfg.world), "backbone": self.cfg.backbone,
+                  "pretrain": self.cfg.pretrain, "shift": self.cfg.sampling.shift}
+        return ArtifactSpec("base", inputs, label="base model (pretraining on general edits)")
+
+    @property
+    def base_key(self) -> str:
+        """What the keys of artifacts trained on the base name it by."""
+        return self.base_spec.key
 
     @cached_property
     def base_dir(self) -> Path:
@@ -135,10 +142,7 @@ class Workspace:
                               [r.instruction for r in rows])
             pretrain_base(self.cfg, pairs, out)
 
-        cfg = {"world": to_dict(self.cfg.world), "backbone": to_dict(self.cfg.backbone),
-               "pretrain": to_dict(self.cfg.pretrain), "shift": self.cfg.sampling.shift}
-        return self.cache.get_or_build("base", self.base_key, build, config=cfg,
-                                       label=f"base model {self.base_key} (pretraining on general edits)")
+        return self.cache.get_or_build(self.base_spec, build)
 
     def load_backbone(self, *, prompt_cache: bool = True) -> Backbone:
         """A fresh copy of the base backbone (no adapters): real weights are loaded from
@@ -174,8 +178,10 @@ class Workspace:
         from methods.teachers import train_teacher
 
         rows = self.full_bench.train_rows(effect.lora_name)
-        key = config_hash(self.base_key, self.cfg.teacher, effect.lora_name, effect.prompt,
-                          *self.content_key([p for r in rows for p in (r.source_image, r.target_image) if p]))
+        spec = ArtifactSpec("teachers", {
+            "base": self.base_key, "teacher": self.cfg.teacher, "effect": effect.lora_name, "prompt": effect.prompt,
+            **self.content_inputs([p for r in rows for p in (r.source_image, r.target_image) if p])},
+            label=f"teacher LoRA {effect.lora_name}")
 
         def build(out: Path) -> None:
             rows = self.full_bench.train_rows(effect.lora_name)
@@ -190,6 +196,4 @@ class Workspace:
                           shift=self.cfg.sampling.shift, seed=seed, out_dir=out,
                           desc=f"teacher {effect.lora_name}")
 
-        cfg = {"base": self.base_key, "teacher": to_dict(self.cfg.teacher), "effect": effect.lora_name}
-        return self.cache.get_or_build("teachers", key, build, config=cfg,
-                                       label=f"teacher LoRA {effect.lora_name}")
+        return self.cache.get_or_build(spec, build)

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bench.config import DistillConfig, config_hash, result_dict, to_dict
+from bench.cache import ArtifactSpec
+from bench.config import DistillConfig, result_dict
 from bench.effectbench import EffectSpec
 from methods import distributed
 from methods.adapters import AdapterBank
 from methods.dmd import ENGINE_VERSION, DMDTrainer, Objectives, TrainerCallback
 from methods.streams import EffectData, GeneralData, StreamSampler
-from methods.teachers import teacher_outputs
+from methods.teachers import teacher_identity, teacher_outputs
 
 
 def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpec], p_switch: float,
@@ -30,21 +31,21 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
     Under torch.distributed (several ranks, e.g. ``torchrun -m bench.run`` or a multi-task SLURM
     job) the ranks train it together, data-parallel; rank 0 owns the cache entry."""
     teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+    named = {e.lora_name: teacher_identity(e, teachers[e.lora_name]) for e in effects}  # read once, not per snapshot
     env = distributed.current()
     sampler = ws.cfg.sampling.dmd_sampler  # backward simulation's; a student is served with the same
 
-    def key_of(c: DistillConfig) -> str:
-        return config_hash(ws.base_key, result_dict(c), p_switch, to_dict(objectives),
-                           [(e.lora_name, teachers[e.lora_name].name, e.prompt, student_prompt(e)) for e in effects],
-                           seed, ws.cfg.sampling.fast_steps, sampler, str(init_student), extra_key,
-                           ENGINE_VERSION)
+    def spec_of(c: DistillConfig) -> ArtifactSpec:
+        """The student of ``c``: its result-relevant fields only (``result_dict``), so a run that
+        checkpoints or publishes snapshots differently trains the same artifact."""
+        return ArtifactSpec(kind, {
+            "base": ws.base_key, "distill": result_dict(c), "p_switch": p_switch, "objectives": objectives,
+            "effects": [(e.lora_name, named[e.lora_name], e.prompt, student_prompt(e)) for e in effects],
+            "seed": seed, "fast_steps": ws.cfg.sampling.fast_steps, "sampler": sampler,
+            "init_student": str(init_student), "extra": extra_key, "engine": ENGINE_VERSION},
+            label=label if c.steps == cfg.steps else f"{label} @ step {c.steps} (snapshot)")
 
-    def record(c: DistillConfig) -> dict:
-        return {"base": ws.base_key, "distill": to_dict(c), "p_switch": p_switch,
-                "objectives": to_dict(objectives), "effects": [e.lora_name for e in effects],
-                "seed": seed, "sampler": sampler, "init_student": str(init_student)}
-
-    key = key_of(cfg)
+    spec = spec_of(cfg)
 
     def build(out: Path | None) -> None:
         bb = ws.load_backbone()
@@ -78,10 +79,10 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
         streams = StreamSampler(effect_data if p_switch > 0 else [], general, p_switch=p_switch,
                                 redraw_every=cfg.stream_redraw_every, batch_size=cfg.batch_size,
                                 grid=bb.latent_grid(size, size))
-        snapshots = (_Snapshots(ws.cache, kind, key_of, record, label),)
+        snapshots = (_Snapshots(ws.cache, spec_of),)
         trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,
                              fast_steps=ws.cfg.sampling.fast_steps, shift=ws.cfg.sampling.shift,
-                             seed=seed, work_dir=ws.cache.work_dir(kind, key), sampler=sampler,
+                             seed=seed, work_dir=ws.cache.work_dir(spec), sampler=sampler,
                              init_student=init_student, desc=label,
                              callbacks=snapshots if cfg.snapshot_every and env.is_main else (), env=env)
         trainer.train()
@@ -90,7 +91,7 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
             trainer.write_losses(out / "losses.csv")
 
     if env.world_size == 1:
-        return ws.cache.get_or_build(kind, key, build, label=label, config=record(cfg))
+        return ws.cache.get_or_build(spec, build)
     # Several ranks: rank 0 takes the cache lock and tells the others whether it trains; they
     # train beside it (same batches, averaged gradients) and write nothing.
     if env.is_main:
@@ -100,13 +101,13 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
             told.append(distributed.broadcast_flag(True))
             build(out)
 
-        path = ws.cache.get_or_build(kind, key, main_build, label=label, config=record(cfg))
+        path = ws.cache.get_or_build(spec, main_build)
         if not told:
             distributed.broadcast_flag(False)
     else:
         if distributed.broadcast_flag(None):
             build(None)
-        path = ws.cache.path(kind, key)
+        path = ws.cache.path(spec)
     dist.barrier()
     return path
 
@@ -118,21 +119,19 @@ class _Snapshots(TrainerCallback):
     first k steps (tests/test_dmd.py checks it bit for bit); a training curve over k costs one
     run instead of sum(k)."""
 
-    def __init__(self, cache, kind: str, key_of: Callable, record: Callable, label: str) -> None:  # noqa: ANN001
-        self.cache, self.kind, self.key_of, self.record, self.label = cache, kind, key_of, record, label
+    def __init__(self, cache, spec_of: Callable[[DistillConfig], ArtifactSpec]) -> None:  # noqa: ANN001
+        self.cache, self.spec_of = cache, spec_of
 
     def on_step_end(self, trainer: DMDTrainer, log: dict) -> None:
         cfg, k = trainer.cfg, trainer.step
         if k % cfg.snapshot_every or k >= cfg.steps:
             return
-        at_k = replace(cfg, steps=k)
 
         def build(out: Path) -> None:
             trainer.save_student(out)
             trainer.write_losses(out / "losses.csv")
 
-        self.cache.publish(self.kind, self.key_of(at_k), build, config=self.record(at_k),
-                           label=f"{self.label} @ step {k} (snapshot)")
+        self.cache.publish(self.spec_of(replace(cfg, steps=k)), build)
 
 
 def lightning_lora(ws) -> Path:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -44,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from bench.cache import atomic_write
 from bench.config import DistillConfig, LoraTrainConfig
 from bench.progress import progress
 from methods.adapters import AdapterBank
@@ -357,9 +357,7 @@ class DMDTrainer:
             "history": self.history, "config": asdict(self.cfg), "sampler": self.sampler,
         }
         path = self.work_dir / f"ckpt-{self.step:08d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a checkpoint is either complete or absent
+        atomic_write(path, lambda f: torch.save(state, f))  # a checkpoint is either complete or absent
         for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
             old.unlink()
         return path

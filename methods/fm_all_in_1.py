@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from bench.config import config_hash, to_dict
+from bench.cache import ArtifactSpec
 from bench.effectbench import EffectSpec
 from methods.fm import EditPairs
 from methods.lightning import StackedWithLightning
-from methods.teachers import teacher_outputs, train_teacher
+from methods.teachers import teacher_identity, teacher_outputs, train_teacher
 
 
 class FMAllInOne(StackedWithLightning):
@@ -20,8 +20,10 @@ class FMAllInOne(StackedWithLightning):
 
     def build_lora(self, effects: list[EffectSpec]) -> Path:
         ws = self.ws
-        teachers = [ws.teacher_dir(e).name for e in effects]
-        key = config_hash(ws.base_key, to_dict(ws.cfg.fm_all), teachers, ws.cfg.seed)
+        spec = ArtifactSpec("fm_all_in_1", {
+            "base": ws.base_key, "fm_all": ws.cfg.fm_all,
+            "teachers": [teacher_identity(e, ws.teacher_dir(e)) for e in effects], "seed": ws.cfg.seed},
+            label=f"FM all-in-1 LoRA ({len(effects)} effects)")
 
         def build(out: Path) -> None:
             bb = ws.load_backbone()
@@ -35,6 +37,4 @@ class FMAllInOne(StackedWithLightning):
             train_teacher(bb, pairs, ws.cfg.fm_all, shift=ws.cfg.sampling.shift, seed=ws.cfg.seed,
                           out_dir=out, desc=f"FM all-in-1 ({len(effects)} effects)")
 
-        return ws.cache.get_or_build("fm_all_in_1", key, build, label=f"FM all-in-1 LoRA ({len(effects)} effects)",
-                                     config={"base": ws.base_key, "fm_all": to_dict(ws.cfg.fm_all),
-                                             "effects": [e.lora_name for e in effects]})
+        return ws.cache.get_or_build(spec, build)

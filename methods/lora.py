@@ -17,7 +17,6 @@ is written sorted, and the safetensors header metadata is rewritten in sorted or
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from peft import LoraConfig
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from bench.cache import nonfinite_tensors, some
+from bench.cache import atomic_write, nonfinite_tensors, some
 from bench.config import LoraTrainConfig, config_hash
 from bench.errors import BenchError, NonFiniteError
 
@@ -112,11 +111,12 @@ def _sort_header_metadata(file: Path) -> None:
         header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
         text += b" " * (-len(text) % 8)
-        tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
-        with tmp.open("wb") as dst:
+
+        def write(dst) -> None:  # noqa: ANN001
             dst.write(len(text).to_bytes(8, "little") + text)
             shutil.copyfileobj(src, dst)
-    os.replace(tmp, file)
+
+        atomic_write(file, write)
 
 
 def load_lora(transformer: torch.nn.Module, path: str | Path, name: str) -> None:

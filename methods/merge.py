@@ -11,11 +11,12 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 
-from bench.config import config_hash
+from bench.cache import ArtifactSpec
 from bench.effectbench import EffectSpec
 from methods.adapters import AdapterBank
 from methods.lightning import StackedWithLightning
 from methods.lora import save_lora
+from methods.teachers import teacher_identity
 
 MERGED = "merged"
 
@@ -51,7 +52,10 @@ class MergeBaseline(StackedWithLightning):
     def build_lora(self, effects: list[EffectSpec]) -> Path:
         ws = self.ws
         teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
-        key = config_hash(ws.base_key, self.spec.__dict__, sorted(p.name for p in teachers.values()))
+        artifact = ArtifactSpec("merged", {
+            "base": ws.base_key, "merge": self.spec.__dict__,
+            "teachers": sorted(teacher_identity(e, teachers[e.lora_name]) for e in effects)},
+            label=f"{self.name} of {len(effects)} teachers")
 
         def build(out: Path) -> None:
             bb = ws.load_backbone()
@@ -62,8 +66,7 @@ class MergeBaseline(StackedWithLightning):
             merge_teachers(bb.transformer, list(teachers), self.spec)
             save_lora(bb.transformer, MERGED, out)
 
-        return ws.cache.get_or_build("merged", key, build, label=f"{self.name} of {len(effects)} teachers",
-                                     config={"spec": self.spec.__dict__, "effects": list(teachers)})
+        return ws.cache.get_or_build(artifact, build)
 
 
 # Summing N full-strength teachers (weight 1 each) overshoots every effect N-fold: on the default

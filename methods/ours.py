@@ -48,14 +48,19 @@ class CollectionLoRA(Method):
             p_switch=cfg.p_switch if c.pdsr else 1.0, objectives=Objectives(tafm=c.tafm, ts=c.ts),
             student_prompt=self.student_prompt, seed=self.ws.cfg.seed,
             label=f"CollectionLoRA on {len(effects)} effects (off: {','.join(self.ws.cfg.components_off) or 'none'})")
-        self.backbone = self.ws.load_backbone()
-        load_lora(self.backbone.transformer, self.lora, STUDENT)
-        self.bank = AdapterBank(self.backbone.transformer)
+        backbone = self.ws.load_backbone()
+        load_lora(backbone.transformer, self.lora, STUDENT)
+        self.serve(backbone, AdapterBank(backbone.transformer), STUDENT)
+
+    def serve(self, backbone, bank: AdapterBank, adapter: str) -> None:  # noqa: ANN001
+        """Edit with ``adapter`` of ``backbone``: the student ``prepare`` loaded, or one still in
+        training (bench.tune scores the DMD trainer's student at its checkpoints this way)."""
+        self.backbone, self.bank, self.adapter = backbone, bank, adapter
 
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
         s = self.ws.cfg.sampling
         prompt = self.student_prompt(effect)
-        images, nfe = edit_with(self.backbone, self.bank, (STUDENT,), sources, prompt, steps=s.fast_steps,
+        images, nfe = edit_with(self.backbone, self.bank, (self.adapter,), sources, prompt, steps=s.fast_steps,
                                 shift=s.shift, cfg_scale=1.0, generator=generator, sampler=s.dmd_sampler)
         return EditOutput(images, nfe, prompt, s.dmd_sampler)
 

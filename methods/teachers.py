@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from bench.cache import ArtifactSpec
 from bench.config import LoraTrainConfig
 from methods.backbones import Backbone
+from methods.distributed import DistEnv
 from methods.fm import EditPairs, FMSettings, train_flow_matching
 from methods.lora import add_lora, save_lora
 
@@ -17,8 +19,11 @@ TRAINING_ADAPTER = "lora_in_training"  # not "training": that is an nn.Module at
 
 
 def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *, shift: float,
-                  seed: int, out_dir: Path, desc: str) -> Path:
-    """Train one LoRA on ``backbone`` (left without adapters afterwards) and save it to ``out_dir``."""
+                  seed: int, out_dir: Path, desc: str, env: DistEnv | None = None) -> Path | None:
+    """Train one LoRA on ``backbone`` (left without adapters afterwards) and save it to ``out_dir``.
+    Under ``env`` with several ranks they train it together, data-parallel, and rank 0 alone
+    writes (the others return None)."""
+    env = env or DistEnv()
     transformer = backbone.transformer
     transformer.requires_grad_(False)
     with torch.random.fork_rng():  # LoRA init from the teacher's seed: reproducible across processes
@@ -29,33 +34,43 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
                               uncond_prob=cfg.uncond_prob, grad_clip=cfg.grad_clip,
                               weighting_scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean,
                               logit_std=cfg.logit_std, mode_scale=cfg.mode_scale)
-        train_flow_matching(backbone, pairs, settings, seed=seed, log_path=out_dir / "loss.csv", desc=desc)
-        return save_lora(transformer, TRAINING_ADAPTER, out_dir)
+        train_flow_matching(backbone, pairs, settings, seed=seed, log_path=out_dir / "loss.csv", desc=desc, env=env)
+        return save_lora(transformer, TRAINING_ADAPTER, out_dir) if env.is_main else None
     finally:
         transformer.delete_adapters([TRAINING_ADAPTER])
 
 
-def outputs_key(ws, effect, teacher: Path, rows) -> str:  # noqa: ANN001
-    """The cache key of a teacher's outputs. The images depend on the base model, the teacher and
-    its prompt, the sampler, the image size, the noise seed and the sources. A teacher trained
-    here is named by its content key (prompt included); a manifest ``lora_path`` by its file's
-    bytes and the effect's prompt. Sources by their path inside the dataset (so a moved cache or
-    dataset keeps its keys) and, for a dataset on disk, their bytes."""
-    from bench.config import config_hash, to_dict
-
+def teacher_identity(effect, teacher: Path) -> str:  # noqa: ANN001
+    """How artifact specs name a teacher LoRA: a teacher trained here by its cache key (its
+    directory name, which hashes its prompt and training data); a manifest ``lora_path`` by the
+    bytes of its weight file -- its name says nothing (every diffusers LoRA file is called
+    ``pytorch_lora_weights.safetensors``) and an edited file must not serve stale artifacts."""
     if effect.lora_path is None:
-        who = teacher.name
-    else:
-        from bench.cache import files_fingerprint
-        from methods.lora import WEIGHT_NAME
+        return teacher.name
+    from bench.cache import files_fingerprint
+    from methods.lora import WEIGHT_NAME
 
-        file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
-        who = (files_fingerprint([file]) if file.exists() else str(file), effect.prompt)  # missing: load_lora says so
+    file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
+    return files_fingerprint([file]) if file.exists() else str(file)  # missing: load_lora says so
+
+
+def outputs_spec(ws, effect, teacher: Path, rows) -> ArtifactSpec:  # noqa: ANN001
+    """The cached outputs of a teacher. The images depend on the base model, the teacher and
+    its prompt (a teacher trained here: its key holds the prompt; a manifest ``lora_path``: its
+    bytes and the effect's prompt), the sampler, the image size, the noise seed and the sources:
+    by their path inside the dataset (so a moved cache or dataset keeps its keys) and, for a
+    dataset on disk, their bytes."""
+    from bench.config import to_dict
+
+    who = teacher_identity(effect, teacher)
+    if effect.lora_path is not None:
+        who = (who, effect.prompt)
     # Sampled with euler whatever the students use: dmd_sampler stays out of the key.
     sampling = {k: v for k, v in to_dict(ws.cfg.sampling).items() if k != "dmd_sampler"}
-    return config_hash(ws.base_key, who, sampling, ws.image_size, ws.cfg.world.seed,
-                       [os.path.relpath(r.source_image, ws.dataset_root) for r in rows],
-                       *ws.content_key([r.source_image for r in rows]))
+    return ArtifactSpec("teacher_outputs", {
+        "base": ws.base_key, "teacher": who, "sampling": sampling, "image_size": ws.image_size,
+        "seed": ws.cfg.world.seed, "sources": [os.path.relpath(r.source_image, ws.dataset_root) for r in rows],
+        **ws.content_inputs([r.source_image for r in rows])}, label=f"teacher outputs {effect.lora_name}")
 
 
 def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tensor":
@@ -70,7 +85,7 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
     if rows and all(r.base_pred_image is not None for r in rows):  # precomputed in the manifest
         return ws.images([r.base_pred_image for r in rows], [r.origin for r in rows])
     teacher = ws.teacher_dir(effect, backbone)
-    key = outputs_key(ws, effect, teacher, rows)
+    spec = outputs_spec(ws, effect, teacher, rows)
 
     def build(out: Path) -> None:
         bb = backbone or ws.load_backbone()
@@ -94,8 +109,7 @@ def teacher_outputs(ws, effect, backbone: Backbone | None = None) -> "torch.Tens
         finally:
             bb.transformer.delete_adapters(["_teacher_outputs"])
 
-    path = ws.cache.get_or_build("teacher_outputs", key, build, config={"teacher": teacher.name},
-                                 label=f"teacher outputs {effect.lora_name}")
+    path = ws.cache.get_or_build(spec, build)
     outputs = torch.load(path / "outputs.pt")
     if not bool(torch.isfinite(outputs).all()):  # cached before the cache refused NaN artifacts
         from bench.errors import NonFiniteError

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bench.cache import atomic_write
+from bench.config import config_hash
 
 ENV_CACHE = "BENCH_METRIC_CACHE"
 
@@ -72,7 +73,8 @@ def image_hash(image: torch.Tensor) -> str:
 
 
 def text_hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    """Full SHA-256 of JSON-able parts (the tree's one JSON hash, at full length)."""
+    return config_hash(*parts, length=64)
 
 
 def default_root() -> Path | None:

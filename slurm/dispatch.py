@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 import traceback
@@ -47,7 +46,7 @@ from typing import Any
 
 import submitit
 
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, atomic_write
 from bench.cells import Cell, DeploymentCell, describe, is_measurement
 from bench.config import RunConfig, config_hash
 from bench.progress import log_interval
@@ -122,7 +121,7 @@ def load_cell(path: str | Path) -> Cell:
 # job callables (pickled by reference: tiny; they receive paths)
 
 
-def _job_threads() -> None:
+def job_threads() -> None:
     """The cores SLURM gave the job, unless the user chose (bench/threads.py); quiet warnings."""
     from bench.runner import quiet_expected_warnings
     from bench.threads import set_threads
@@ -136,7 +135,7 @@ def _job_setup() -> None:
     every task is a torch.distributed rank that trains data-parallel; rank 0 writes."""
     from methods import distributed
 
-    _job_threads()
+    job_threads()
     distributed.init()
 
 
@@ -227,10 +226,7 @@ def write_report(out: str, cache: str | None = None) -> str:
             failed.append(f"- `{cid}`: {last}")
     if failed:
         lines += ["## Cells without rows", "", *failed, ""]
-    path = out_dir / "report.md"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    path = atomic_write(out_dir / "report.md", "\n".join(lines))
     n_cells = pd.unique(rows["run"]).size if len(rows) else 0
     print(f"report: {n_cells} cells with rows, {len(failed)} without -> {path}")
     return str(path)
@@ -250,10 +246,10 @@ class ProbeCache(ArtifactCache):
     """An ``ArtifactCache`` that never builds: asking for a missing artifact raises ``_Missing``
     with its key. Running the real code paths against it tells exactly what a job would build."""
 
-    def get_or_build(self, kind, key, build, *, config=None, label=None):  # noqa: ANN001
-        if self.exists(kind, key):
-            return self.path(kind, key)
-        raise _Missing(kind, key)
+    def get_or_build(self, spec, build):  # noqa: ANN001
+        if self.exists(spec):
+            return self.path(spec)
+        raise _Missing(spec.kind, spec.key)
 
 
 def _probe(fn) -> str | None:  # noqa: ANN001
@@ -478,10 +474,7 @@ def _afterok(ids: list[str]) -> str:
 
 
 def _write_record(sub: Submission) -> None:
-    sub.record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sub.record_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sub.record, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, sub.record_path)
+    atomic_write(sub.record_path, json.dumps(sub.record, indent=2, sort_keys=True, default=str))
 
 
 # --------------------------------------------------------------------------------------------

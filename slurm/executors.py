@@ -117,3 +117,13 @@ def slurm_config_from_dict(d: dict[str, Any]) -> SlurmConfig:
     if unknown:
         raise ValueError(f"unknown SlurmConfig fields {sorted(unknown)}; valid: {', '.join(sorted(names))}")
     return SlurmConfig(**{k: tuple(v) if k == "setup" else v for k, v in d.items()})
+
+
+def split_slurm_overrides(overrides: list[str]) -> tuple[SlurmConfig, list[str], list[str]]:
+    """CLI ``key=value`` overrides -> (the SlurmConfig their ``slurm.<field>=value`` ones set,
+    those without the prefix, the other overrides). Unknown fields fail at once."""
+    from bench.config import apply_overrides
+
+    slurm = [o[len("slurm."):] for o in overrides if o.startswith("slurm.")]
+    rest = [o for o in overrides if not o.startswith("slurm.")]
+    return apply_overrides(SlurmConfig(), slurm), slurm, rest

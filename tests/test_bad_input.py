@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, ArtifactSpec
 from bench.cells import DeploymentCell
 from bench.config import PRESETS, BackboneConfig, LoraTrainConfig
 from bench.effectbench import EffectSpec, TrainRow
@@ -83,7 +83,7 @@ def test_nan_teacher_outputs_are_never_cached_as_finished(loras, tmp_path):
                         recaption_prompt_with_trigword="zqx fx", lora_path=loras.nan)
     rows = [TrainRow(lora_name="fx", source_image=Path(f"s{i}.png"), instruction="make it fx") for i in range(2)]
     ws = SimpleNamespace(cfg=cfg, cache=cache, base_key="tiny", image_size=16, load_backbone=_backbone,
-                         content_key=lambda paths: [], dataset_root=Path("."),
+                         content_inputs=lambda paths: {}, dataset_root=Path("."),
                          full_bench=SimpleNamespace(train_rows=lambda name: rows),
                          images=lambda paths, origins=None: torch.rand(len(paths), 3, 16, 16),
                          teacher_dir=lambda e, bb=None: Path(e.lora_path))
@@ -99,11 +99,13 @@ def test_nan_teacher_outputs_are_never_cached_as_finished(loras, tmp_path):
 ])
 def test_cache_refuses_to_finish_an_artifact_holding_nan(tmp_path, name, payload):
     cache = ArtifactCache(tmp_path, verbose=False)
-    with pytest.raises(NonFiniteError, match=f"student X: {name} holds NaN/inf"):
-        cache.get_or_build("collectionlora", "k", payload, label="student X")
-    assert not cache.exists("collectionlora", "k")
+    spec = ArtifactSpec("collectionlora", {"k": 1}, label="student X")
+    with pytest.raises(NonFiniteError, match=rf"student X \(collectionlora/{spec.key}\): {name} holds NaN/inf"):
+        cache.get_or_build(spec, payload)
+    assert not cache.exists(spec)
     assert not [p for p in (tmp_path / "collectionlora").iterdir() if not p.name.endswith(".lock")]
-    ok = cache.get_or_build("collectionlora", "k2", lambda d: torch.save(torch.ones(2), d / "outputs.pt"))
+    ok = cache.get_or_build(ArtifactSpec("collectionlora", {"k": 2}),
+                            lambda d: torch.save(torch.ones(2), d / "outputs.pt"))
     assert (ok / "DONE").exists()
 
 

@@ -22,7 +22,7 @@ import submitit
 import torch
 from safetensors.torch import load_file
 
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, ArtifactSpec
 from bench.config import PRESETS, RunConfig, apply_overrides, to_dict
 from bench.store import COLUMNS, ResultStore, cell_id
 from slurm.dispatch import CellJob, config_from_dict, load_config, plan, resubmit_failed, submit
@@ -192,7 +192,7 @@ def _build_once(cache: str, counter: str) -> str:
         time.sleep(1.0)
         (d / "value.txt").write_text("42")
 
-    return str(ArtifactCache(cache, verbose=False).get_or_build("shared", "k", build))
+    return str(ArtifactCache(cache, verbose=False).get_or_build(ArtifactSpec("shared", {"k": 1}), build))
 
 
 def test_concurrent_jobs_build_a_shared_artifact_once(tmp_path: Path) -> None:

@@ -303,8 +303,8 @@ class _KeyRecorder:
     def __init__(self, stop=False):
         self.keys, self.stop = [], stop
 
-    def get_or_build(self, kind, key, build, **_):
-        self.keys.append((kind, key))
+    def get_or_build(self, spec, build):
+        self.keys.append((spec.kind, spec.key))
         if self.stop:
             raise self.Stop
         return Path("unused")

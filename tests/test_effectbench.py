@@ -423,7 +423,7 @@ def test_lora_specific_test_row_data_type_must_match_effect(ds):
 # ---- identity: keys of a dataset on disk follow its content, not its path (issue 14 item 5)
 
 
-def _keys(root: Path) -> tuple[str, str, list[str], str]:
+def _keys(root: Path) -> tuple[str, str, dict[str, str], str]:
     from dataclasses import replace
 
     from bench.cache import ArtifactCache
@@ -433,12 +433,12 @@ def _keys(root: Path) -> tuple[str, str, list[str], str]:
 
     cfg = PRESETS.get("smoke")()
     cfg = replace(cfg, world=replace(cfg.world, kind="effectbench", root=str(root)), n_effects=2)
-    from methods.teachers import outputs_key
+    from methods.teachers import outputs_spec
 
     ws = Workspace(cfg, ArtifactCache(root.parent / "cache"))
     sepia = ws.full_bench.effects[0]
-    outputs = outputs_key(ws, sepia, Path("teachers/abc"), ws.full_bench.train_rows(sepia.lora_name))
-    return cell_id(cfg), ws.base_key, ws.content_key([root / "img" / "0.png", root / "img" / "1.png"]), outputs
+    outputs = outputs_spec(ws, sepia, Path("teachers/abc"), ws.full_bench.train_rows(sepia.lora_name)).key
+    return cell_id(cfg), ws.base_key, ws.content_inputs([root / "img" / "0.png", root / "img" / "1.png"]), outputs
 
 
 def test_a_dataset_edited_in_place_gets_new_cell_and_artifact_keys(ds):
@@ -461,3 +461,76 @@ def test_editing_a_manifest_prompt_changes_the_keys(ds):
     m["effects.jsonl"][0]["prompt"] = m["effects.jsonl"][0]["prompt"] + ", stronger"
     _write_manifests(root, m)
     assert _keys(root)[0] != before[0]
+
+
+class _SpecRecorder:
+    """An artifact cache that records the specs asked for and builds nothing (a path named by
+    the key, as a built artifact's would be)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.specs = root, []
+
+    def get_or_build(self, spec, build):  # noqa: ANN001
+        self.specs.append(spec)
+        return self.root / spec.kind / spec.key
+
+
+def _specs_of_every_kind(root: Path) -> dict[str, list]:
+    """The specs a run of each training method asks for on the dataset ``root`` (2 effects:
+    sepia's teacher trained here, invert's given by ``lora_path``)."""
+    from dataclasses import replace
+
+    from bench.config import PRESETS
+    from bench.workspace import Workspace
+    from methods import METHODS, resolve_components
+    from methods.teachers import outputs_spec
+
+    cfg = PRESETS.get("smoke")()
+    cfg = replace(cfg, world=replace(cfg.world, kind="effectbench", root=str(root)), n_effects=2)
+    cache = _SpecRecorder(root.parent / "cache")
+    specs = {}
+    for method in ("fm_all_in_1", "ours", "merge_linear"):
+        ws = Workspace(replace(cfg, method=method), cache)
+        effects = list(ws.bench.effects)
+        cls = METHODS.get(method)
+        m = cls(ws, resolve_components(cls, ()))
+        if hasattr(m, "build_lora"):
+            m.build_lora(effects)
+        else:  # ours: its student (training stops at the recorder; nothing is built)
+            from methods.distill import distilled_lora
+            from methods.dmd import Objectives
+
+            distilled_lora(ws, kind="collectionlora", cfg=cfg.distill, effects=effects, p_switch=0.5,
+                           objectives=Objectives(), student_prompt=m.student_prompt, label="ours", seed=0)
+        specs["base"] = [ws.base_spec]
+        specs["teacher_outputs"] = [outputs_spec(ws, e, ws.teacher_dir(e), ws.full_bench.train_rows(e.lora_name))
+                                    for e in effects]
+    for spec in cache.specs:
+        specs.setdefault(spec.kind, []).append(spec)
+    return specs
+
+
+def test_every_artifact_records_exactly_what_its_key_hashes(ds):
+    """The config.json next to an artifact is its spec's record; re-hashing the record's inputs,
+    read back from JSON, gives the artifact's key -- for every kind a run caches."""
+    from bench.cache import key_of_record
+
+    root, _ = ds
+    specs = _specs_of_every_kind(root)
+    assert {"base", "teachers", "teacher_outputs", "fm_all_in_1", "collectionlora", "merged"} <= set(specs)
+    for kind, of_kind in specs.items():
+        for spec in of_kind:
+            stored = json.loads(json.dumps(spec.record(), indent=2, default=str))
+            assert stored["key"] == spec.key == key_of_record(stored), kind
+            assert stored["kind"] == kind
+
+
+def test_a_lora_path_teacher_edited_in_place_gets_new_student_keys(ds):
+    """Specs name a manifest teacher by its bytes, not by its file name (every diffusers LoRA is
+    ``pytorch_lora_weights.safetensors``): rewriting it retrains what was built from it."""
+    root, _ = ds
+    before = _specs_of_every_kind(root)
+    (root / "loras" / "invert.safetensors").write_bytes(b"\1" * 8)
+    after = _specs_of_every_kind(root)
+    for kind in ("fm_all_in_1", "collectionlora", "merged", "teacher_outputs"):
+        assert {s.key for s in after[kind]} != {s.key for s in before[kind]}, kind

@@ -6,8 +6,12 @@ import time
 import pandas as pd
 import pytest
 
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, ArtifactSpec
 from bench.store import COLUMNS, ResultStore
+
+
+def _spec(kind, name):
+    return ArtifactSpec(kind, {"name": name})
 
 
 def _rows(n=3):
@@ -38,11 +42,12 @@ def test_cache_builds_once_under_concurrency(tmp_path):
         time.sleep(0.2)
         (d / "weights.bin").write_text("w")
 
-    threads = [threading.Thread(target=cache.get_or_build, args=("base", "k1", build)) for _ in range(3)]
+    spec = _spec("base", "k1")
+    threads = [threading.Thread(target=cache.get_or_build, args=(spec, build)) for _ in range(3)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(calls) == 1
-    assert (cache.path("base", "k1") / "weights.bin").read_text() == "w"
+    assert (cache.path(spec) / "weights.bin").read_text() == "w"
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
@@ -53,8 +58,8 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
         raise RuntimeError("killed mid-build")
 
     with pytest.raises(RuntimeError):
-        cache.get_or_build("teachers", "k2", broken)
-    assert not cache.exists("teachers", "k2")
+        cache.get_or_build(_spec("teachers", "k2"), broken)
+    assert not cache.exists(_spec("teachers", "k2"))
     assert not [p for p in (tmp_path / "teachers").iterdir() if not p.name.endswith(".lock")]
 
 
@@ -70,15 +75,16 @@ def test_publish_never_waits_for_a_builder_and_never_rebuilds(tmp_path):
         calls.append(out)
         (out / "lora.bin").write_text("x")
 
-    lock = tmp_path / "snap" / ".k1.lock"
+    spec = ArtifactSpec("snap", {"steps": 3})
+    lock = tmp_path / "snap" / f".{spec.key}.lock"
     lock.parent.mkdir(parents=True)
-    with lock.open("w") as held:  # another builder of k1 at work
+    with lock.open("w") as held:  # another builder of it at work
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert cache.publish("snap", "k1", build) is False
-    assert not cache.exists("snap", "k1") and not calls
-    assert cache.publish("snap", "k1", build, config={"steps": 3}) is True
-    assert cache.exists("snap", "k1") and (cache.path("snap", "k1") / "config.json").exists()
-    assert cache.publish("snap", "k1", build) is False
+        assert cache.publish(spec, build) is False
+    assert not cache.exists(spec) and not calls
+    assert cache.publish(spec, build) is True
+    assert cache.exists(spec) and (cache.path(spec) / "config.json").exists()
+    assert cache.publish(spec, build) is False
     assert len(calls) == 1
 
 
@@ -92,27 +98,48 @@ def test_a_killed_build_leaves_a_temp_dir_the_next_build_of_its_kind_removes(tmp
     import subprocess
     import sys
 
-    code = ("import sys, time; from bench.cache import ArtifactCache\n"
+    code = ("import sys, time; from bench.cache import ArtifactCache, ArtifactSpec\n"
             "def build(d):\n    (d / 'half.bin').write_text('x'); print('building', flush=True); time.sleep(60)\n"
-            "ArtifactCache(sys.argv[1], verbose=False).get_or_build('teachers', 'k0', build)\n")
+            "ArtifactCache(sys.argv[1], verbose=False).get_or_build(ArtifactSpec('teachers', {'name': 'k0'}), build)\n")
+    k0, k9, k5 = _spec("teachers", "k0"), _spec("teachers", "k9"), _spec("base", "k5")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.stdout.readline().strip() == "building"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = tmp_path / "teachers" / f".tmp-k0-{proc.pid}"
+    killed = tmp_path / "teachers" / f".tmp-{k0.key}-{proc.pid}"
     assert (killed / "half.bin").exists()  # what the killed build left
-    elsewhere = tmp_path / "teachers" / f".tmp-k9-{proc.pid}"  # pid dead here, builder alive on another node
-    other_kind = tmp_path / "base" / f".tmp-k5-{proc.pid}"
+    elsewhere = tmp_path / "teachers" / f".tmp-{k9.key}-{proc.pid}"  # pid dead here, builder alive on another node
+    other_kind = tmp_path / "base" / f".tmp-{k5.key}-{proc.pid}"
     for d in (elsewhere, other_kind):
         d.mkdir(parents=True)
 
     cache = ArtifactCache(tmp_path, verbose=False)
-    with (tmp_path / "teachers" / ".k9.lock").open("w") as held:
+    with (tmp_path / "teachers" / f".{k9.key}.lock").open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        cache.get_or_build("teachers", "k1", lambda d: (d / "w.bin").write_text("w"))
+        cache.get_or_build(_spec("teachers", "k1"), lambda d: (d / "w.bin").write_text("w"))
     assert not killed.exists() and elsewhere.exists() and other_kind.exists()
-    cache.get_or_build("teachers", "k0", lambda d: (d / "w.bin").write_text("w"))  # the killed one, rebuilt
-    assert cache.exists("teachers", "k0") and not elsewhere.exists()  # its lock is free now
-    cache.get_or_build("base", "k5", lambda d: (d / "w.bin").write_text("w"))
+    cache.get_or_build(k0, lambda d: (d / "w.bin").write_text("w"))  # the killed one, rebuilt
+    assert cache.exists(k0) and not elsewhere.exists()  # its lock is free now
+    cache.get_or_build(k5, lambda d: (d / "w.bin").write_text("w"))
     assert not other_kind.exists()
+
+
+def test_an_artifact_records_the_inputs_its_key_hashes(tmp_path):
+    """``config.json`` next to an artifact holds its spec's inputs, in the hashed order: read
+    back, they hash to the artifact's directory name. The key is ``config_hash`` of the inputs'
+    values, as the keys written by hand before specs were (a user's cache keeps its keys)."""
+    import json
+    from pathlib import Path
+
+    from bench.cache import key_of_record
+    from bench.config import LoraTrainConfig, config_hash
+
+    spec = ArtifactSpec("teachers", {"base": "abc", "teacher": LoraTrainConfig(rank=4), "prompt": "make it sepia",
+                                     "sources": [Path("img/0.png")], "pair": (1, 2.5), "extra": None})
+    assert spec.key == config_hash("abc", LoraTrainConfig(rank=4), "make it sepia", [Path("img/0.png")], (1, 2.5), None)
+    path = ArtifactCache(tmp_path, verbose=False).get_or_build(spec, lambda d: (d / "w.bin").write_text("w"))
+    stored = json.loads((path / "config.json").read_text())
+    assert path.name == spec.key == stored["key"] == key_of_record(stored)
+    assert list(stored["inputs"]) == ["base", "teacher", "prompt", "sources", "pair", "extra"]
+    assert stored["inputs"]["teacher"]["rank"] == 4 and stored["kind"] == "teachers"

@@ -134,8 +134,9 @@ def test_a_laggard_is_pruned_and_its_job_cancelled(tmp_path: Path, monkeypatch) 
 @pytest.mark.e2e
 def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, capsys) -> None:
     out = tmp_path / "tune"
+    # one draw per sample, as the intermediate scores take: the last checkpoint is the final student
     argv = ["--preset", "smoke", "--trials", "2", "--executor", "debug", "--space", "p_switch,lr", "--out", str(out),
-            "--cache", str(tmp_path / "cache"), *[o for o in TINY]]
+            "--cache", str(tmp_path / "cache"), *[o for o in TINY], "eval.draws=1"]
     assert bench.tune.main(argv) == 0
     study = load_study(out)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -143,4 +144,6 @@ def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, caps
         assert sorted(t.intermediate_values) == [2, 4]      # DMD checkpoints at steps 2 and 4
         rows = pd.read_parquet(out / "cells" / t.user_attrs["cell"] / "rows.parquet")
         assert t.value == pytest.approx(metric_mean(rows, "gt_mode_psnr"))  # the default objective
+        # scored mid-training by the cell's own evaluation: at step 4 it is the stored student's score
+        assert t.intermediate_values[4] == pytest.approx(t.value, rel=1e-4)
     assert (out / "tune.png").exists() and "Best: trial" in capsys.readouterr().out

@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from bench.cache import atomic_write
+from bench.config import config_hash
 
 ENV_CACHE = "BENCH_PROMPT_CACHE"
 KIND = "prompt_embeds"   # folder under the artifact cache root
@@ -118,7 +119,7 @@ def module_fingerprint(module: torch.nn.Module, *extra: Any) -> str:
 
 
 def _sha(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return config_hash(*parts, length=64)
 
 
 # --------------------------------------------------------------------------------------------
