@@ -4,7 +4,8 @@ A cell is a ``RunConfig`` (train or load a method's adapters, then evaluate) or 
 cell that trains nothing and measures through its own ``run(out, cache) -> rows``. Grids
 (bench/grids.py) make them, the runner (bench/runner.py) runs and stores both the same way,
 locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds either kind from its
-``config.json``), and the report reads which kind a stored cell is.
+``config.json``). The store records each cell's kind next to its config (``ResultStore.kind``);
+nothing guesses it from config keys.
 
 This module sits low in the import graph (it needs only the config): the report and the job
 code import the cell types from here, never the grids or the CLI.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.config import RunConfig
 
@@ -35,15 +36,11 @@ class DeploymentCell:
     seed: int = 0
     method: str = "deployment"
     components_off: tuple[str, ...] = ()
+    kind: ClassVar[str] = "deployment"   # what the store records for it (a RunConfig is "run")
 
     @property
     def preset(self) -> str:
         return self.base.preset
-
-    @classmethod
-    def is_config(cls, data: dict) -> bool:
-        """Whether a stored ``config.json`` dict is a deployment cell's (else a RunConfig's)."""
-        return "base" in data and "capacity" in data
 
     @classmethod
     def from_dict(cls, data: dict, run_config: Any) -> "DeploymentCell":

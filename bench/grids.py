@@ -20,6 +20,11 @@ A cell is a ``RunConfig`` (train or load a method's adapters, evaluate) or a mea
 stores both the same way, locally and in submitted jobs (``slurm.dispatch.load_cell`` rebuilds
 either kind).
 
+Tags: ``grid_cells`` gives every cell the tag of the report table its grid feeds (``TAGS``), the
+store keeps it with the cell and the report reads it, so a cell lands in the table of the
+grid that made it. A cell made by several grids (``paper`` is made of parts; main's ``ours`` is
+ablation row (5)) carries every one of their tags.
+
 Training curves: a curve point at step k is its own cell, ``ours`` with ``distill.steps=k``,
 and every curve cell carries ``distill.snapshot_every`` = the spacing of the points. The DMD
 loop's learning rate, stream sampler and RNG do not depend on the total step count, so the
@@ -33,9 +38,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
-from bench.cells import DeploymentCell
+from bench.cells import Cell, DeploymentCell
 from bench.config import PRESETS, RunConfig
 from bench.registry import Registry
 
@@ -53,6 +58,15 @@ ABLATION_ROWS: tuple[tuple[str, ...], ...] = (
     ("ts",),                         # (4) + TA-FM
     (),                              # (5) full CollectionLoRA
 )
+
+# The report table each grid's cells feed: the tag the store keeps with the cell. ``methods`` is
+# the main table on the run's own effects; a grid not listed here tags nothing (the report
+# places its cells by their config).
+TAGS: dict[str, str] = {"main": "main", "methods": "main", "scaling": "scaling", "ablation": "ablation",
+                        "curves": "curves", "deployment": "deployment"}
+# ``paper`` is these grids, each cell once. Curves first: their full runs publish the curve
+# points (and are ablation's / main's LoRAs).
+PAPER_PARTS: tuple[str, ...] = ("curves", "main", "ablation", "scaling", "deployment")
 
 CURVES_COST_NOTE = ("curve points are separate cells (ours with distill.steps=k): exact prefixes of the "
                     "full run, published by it as snapshots (distill.snapshot_every), so one training run each")
@@ -168,9 +182,11 @@ def deployment(base: RunConfig) -> list[DeploymentCell]:
 @GRIDS.register("paper")
 def paper(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[Any]:
     """Everything the paper reports: main, scaling, ablation, curves, deployment (each cell once)."""
-    # curves first: their full runs publish the curve points (and are ablation's / main's LoRAs)
-    return _unique([*curves(base), *main(base), *ablation(base), *scaling(base, scaling_effects=scaling_effects),
-                    *deployment(base)])
+    return _unique(c for part in PAPER_PARTS for c in _part(part, base, scaling_effects))
+
+
+def _part(name: str, base: RunConfig, scaling_effects: tuple[int, ...] | None) -> list[Any]:
+    return GRIDS.get(name)(base, scaling_effects=scaling_effects) if name == "scaling" else GRIDS.get(name)(base)
 
 
 @GRIDS.register("methods")
@@ -179,13 +195,27 @@ def methods(base: RunConfig) -> list[RunConfig]:
     return [replace(base, method=m, components_off=()) for m in PAPER_METHODS]
 
 
-def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[Any]:
-    """The cells of grid ``name`` made from ``base``; ``scaling_effects`` (``--scaling-effects``)
-    applies to the grids that hold the scaling study only."""
+class GridCell(NamedTuple):
+    """A cell of a grid and its tags: the report tables it feeds (kept by ``ResultStore.tag``)."""
+    cell: Cell
+    tags: tuple[str, ...]
+
+
+def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[GridCell]:
+    """The cells of grid ``name`` made from ``base``, tagged (``TAGS``); ``scaling_effects``
+    (``--scaling-effects``) applies to the grids that hold the scaling study only."""
+    from bench.store import cell_id
+
     grid = GRIDS.get(name)
     if scaling_effects and name not in ("scaling", "paper"):
         raise ValueError(f"--scaling-effects applies to --grid scaling or paper, not {name!r}")
-    return grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
+    cells = grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
+    tags: dict[str, set[str]] = {}
+    for part in PAPER_PARTS if name == "paper" else (name,):
+        if part in TAGS:
+            for c in _part(part, base, scaling_effects):
+                tags.setdefault(cell_id(c), set()).add(TAGS[part])
+    return [GridCell(c, tuple(sorted(tags.get(cell_id(c), ())))) for c in cells]
 
 
 def storage_collections(n_effects: int, capacity: int) -> int:

@@ -25,7 +25,7 @@ from bench import runner
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
 from bench.errors import KNOWN_ERRORS
-from bench.grids import GRIDS, grid_cells
+from bench.grids import GRIDS, GridCell, grid_cells
 from bench.registry import UnknownNameError, parse_names
 from bench.threads import set_threads
 
@@ -162,7 +162,7 @@ def _main(args: argparse.Namespace) -> int:
     if (args.executor or "local") != "local":  # submitit jobs by stage (slurm/dispatch.py)
         from slurm.dispatch import run_cli
 
-        cells = grid_cells(args.grid, cfg, scaling_effects=scaling_effects) if args.grid else [cfg]
+        cells = grid_cells(args.grid, cfg, scaling_effects=scaling_effects) if args.grid else [GridCell(cfg, ())]
         return run_cli(cells, Path(args.out), args.cache, executor=args.executor, slurm=slurm,
                        name=args.grid or cfg.method, force=args.force, wait=args.wait)
     cache = ArtifactCache(args.cache)

@@ -29,7 +29,8 @@ def quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
 
 
-def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False) -> pd.DataFrame | None:
+def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False,
+             tags: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """Run one grid cell and store its rows; a finished cell is skipped (returns its stored rows).
 
     A cell is a ``RunConfig`` (train or load the method's adapters, evaluate them) or a
@@ -41,11 +42,17 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
     Under torch.distributed (``torchrun -m bench.run`` or ``slurm.tasks_per_node`` > 1) every rank
     trains (DMD data-parallel, methods/distributed.py); rank 0 alone evaluates and writes, and
     the other ranks return None.
+
+    ``tags`` (the report tables the cell's grid feeds, ``bench.grids.GridCell``) are added to the
+    stored cell's, also when it finished before: a finished main-table cell reused by the
+    ablation grid joins the ablation table.
     """
     from methods import distributed
 
     store = ResultStore(out)
     cid = cell_id(cell)
+    if tags and distributed.current().is_main:
+        store.tag(cid, tags)
     if not force and store.is_done(cid):
         try:
             rows = store.read_cell(cid)
@@ -89,7 +96,7 @@ def _train_and_evaluate(ws, store: ResultStore, cid: str) -> tuple[pd.DataFrame,
     store.write_artifacts(cid, method.artifacts())
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
-    rows = evaluate(method, ws, metrics, run=cid, image_dir=store.cell_dir(cid) / "images")
+    rows = evaluate(method, ws, metrics, run=cid, image_dir=store.image_dir(cid))
     t2 = time.perf_counter()
     print(forward_report())
     if report := prompt_cache_report():
@@ -117,9 +124,11 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
              scaling_effects: tuple[int, ...] | None = None) -> int:
     """Run every cell of a grid in this process, then write the markdown report (``<out>/report.md``).
 
-    A failing cell does not stop the others: its traceback goes to its ``error.txt``, the report
-    names it and the failures are listed last. (``bench.run --executor debug|slurm`` submits the
-    grid as submitit jobs instead: slurm/dispatch.py; its last stage writes the same report.)
+    Each cell is stored with its grid's tags (``bench.grids.grid_cells``), so the report puts it
+    in its grid's table. A failing cell does not stop the others: its traceback is stored with it
+    (``ResultStore.write_error``), the report names it and the failures are listed last.
+    (``bench.run --executor debug|slurm`` submits the grid as submitit jobs instead:
+    slurm/dispatch.py; its last stage writes the same report.)
     Returns 0 when every cell finished and the report was written, else 1.
     """
     import traceback
@@ -129,17 +138,15 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
     started = time.perf_counter()
     store = ResultStore(out)
     failed = []
-    for i, cell in enumerate(cells):
+    for i, (cell, tags) in enumerate(cells):
         cid = cell_id(cell)
-        error = store.cell_dir(cid) / "error.txt"
         print(f"[{i + 1}/{len(cells)}] cell {cid}: {describe(cell)}", flush=True)
         try:
-            run_cell(cell, out, cache, force=force)
-            error.unlink(missing_ok=True)  # an earlier failure of this cell is stale now
+            run_cell(cell, out, cache, force=force, tags=tags)
+            store.clear_error(cid)  # an earlier failure of this cell is stale now
         except Exception as err:  # noqa: BLE001 -- one failing cell must not stop the grid
             failed.append((cid, cell, err))
-            error.parent.mkdir(parents=True, exist_ok=True)
-            error.write_text(traceback.format_exc())
+            store.write_error(cid, traceback.format_exc())
             print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
           f"{time.perf_counter() - started:.1f}s")
@@ -149,7 +156,7 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
     report_ok = _write_report(out, cache) if distributed.current().is_main else True
     for cid, cell, err in failed:
         print(f"FAILED cell {cid} ({describe(cell)}): {type(err).__name__}: {err} "
-              f"(traceback: {store.cell_dir(cid) / 'error.txt'})", file=sys.stderr)
+              f"(traceback: {store.error_path(cid)})", file=sys.stderr)
     return 1 if failed or not report_ok else 0
 
 

@@ -40,6 +40,7 @@ from methods.dmd import Objectives
 from methods.lora import load_lora
 from methods.ours import Components
 from metrics import METRICS, EvalBatch
+from reports.tables import means_table
 
 
 def _ours_lora(ws: Workspace, effects: list[EffectSpec], init: Path | None = None) -> Path:
@@ -171,31 +172,32 @@ def main(argv: list[str] | None = None) -> int:
                        ablation="none", components=json.dumps(asdict(Components())), status="ok", note="",
                        role="", synthetic=rows["metric"].isin(["gt_psnr", "gt_mae", "src_ssim"]))
     store = ResultStore(args.out)
-    store.write_config(cid, cfg)
+    # a study's rows are not a grid table's: kind "study" keeps them out of the report's tables
+    store.write_config(cid, cfg, kind="study")
+    store.tag(cid, [args.study])
     store.write_rows(cid, rows)
-    index = ["method", "effect_set"] if "effect_set" in rows else ["method"]
-    table = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="mean")
+    index = ("method", "effect_set") if "effect_set" in rows else ("method",)
     print(f"{args.study} ({cfg.preset}, {cfg.n_effects} effects) -> {store.cell_dir(cid)}")
-    print(table.round(4).to_markdown())
+    print(means_table(rows, index))
     return 0
 
 
 def deployment(args: argparse.Namespace) -> int:
     """The deployment cells at ``--n`` (default: the grid's), with the same bookkeeping as every
-    grid cell (skipped when finished, rows written atomically); prints the mean of each measure."""
-    from bench.grids import GRIDS
+    grid cell (skipped when finished, rows written atomically, tagged for the report's deployment
+    table); prints that table."""
+    from bench.grids import grid_cells
     from bench.runner import run_cell
+    from reports.tables import deployment_table
 
     base = apply_overrides(PRESETS.get(args.preset)(), args.overrides)
-    cells = GRIDS.get("deployment")(base)
+    cells = grid_cells("deployment", base)
     if args.n:
         wanted = {int(x) for x in args.n.split(",")}
-        cells = [replace(c, n_effects=n) for n in sorted(wanted) for c in cells[:1]]
+        cells = [c._replace(cell=replace(c.cell, n_effects=n)) for n in sorted(wanted) for c in cells[:1]]
     cache = ArtifactCache(args.cache)
-    for cell in cells:
-        rows = run_cell(cell, Path(args.out), cache, force=args.force)
-        summary = rows[rows.status == "ok"].groupby(["method", "metric", "router"])["value"].mean()
-        print(summary.to_string())
+    rows = [run_cell(c.cell, Path(args.out), cache, force=args.force, tags=c.tags) for c in cells]
+    print(deployment_table(pd.concat(rows, ignore_index=True)))
     return 0
 
 

@@ -4,6 +4,9 @@ One base with adapters needs about a third of the memory of the reference code's
 model copies (generator, real, fake). Two things here differ from calling peft/diffusers
 directly, each on purpose:
 
+* **Any layout loads.** A teacher file in the kohya or ComfyUI layout (a manifest ``lora_path``)
+  is converted on load (``methods.lora.read_lora_file``, through methods/lora_formats.py) and
+  then checked and loaded like a diffusers one, with the same outputs.
 * **Loading is validated.** A teacher whose keys name modules the backbone does not have, whose
   shapes do not fit it, whose weights hold NaN/inf, or whose rank or target modules differ from
   the other teachers' (the odd one out named against the majority), is an error naming the LoRA
@@ -26,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import QwenImagePipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from bench.errors import BenchError
-from methods.lora import WEIGHT_NAME, MissingLoraError, check_finite_lora, load_lora
+from bench.errors import BenchError, NonFiniteError
+from methods.lora import WEIGHT_NAME, MissingLoraError, check_finite_lora, load_lora, read_lora_file
+from methods.lora_formats import LoraFormatError
 
 _KEY = re.compile(r"^(?:transformer\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
@@ -97,7 +100,10 @@ class AdapterBank:
         return self._seen[memo]
 
     def _read(self, name: str, file: Path) -> Inspected:
-        state = QwenImagePipeline.lora_state_dict(str(file))
+        try:  # any layout: a kohya / ComfyUI teacher is converted on load (methods/lora_formats.py)
+            state, _ = read_lora_file(file)
+        except (LoraFormatError, NonFiniteError) as err:
+            raise type(err)(f"teacher LoRA {name!r}: {err}") from err
         check_finite_lora(state, f"teacher LoRA {name!r} ({file})")
         ranks, targets, unknown, misfit = set(), set(), [], []
         for key, tensor in state.items():

@@ -120,15 +120,51 @@ def _sort_header_metadata(file: Path) -> None:
 
 
 def load_lora(transformer: torch.nn.Module, path: str | Path, name: str) -> None:
-    """Load a diffusers/peft LoRA file (or a directory holding one) as adapter ``name``."""
+    """Load a LoRA file (or a directory holding ``pytorch_lora_weights.safetensors``) in any
+    layout ``read_lora_file`` reads as adapter ``name``."""
     path = Path(path)
     file = path / WEIGHT_NAME if path.is_dir() else path
     if not file.exists():
         raise MissingLoraError(f"LoRA {name!r}: no weights at {file}")
-    state, metadata = QwenImagePipeline.lora_state_dict(str(file), return_lora_metadata=True)
+    state, metadata = read_lora_file(file)
     check_finite_lora(state, f"LoRA {name!r} ({file})")
     QwenImagePipeline.load_lora_into_transformer(state, transformer=transformer, adapter_name=name,
                                                  metadata=metadata)
+
+
+# Layouts converted on load; every LoRA this harness writes is "diffusers".
+CONVERTED_LAYOUTS = ("kohya", "comfyui", "plain", "peft")
+
+
+def read_lora_file(file: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A LoRA file's tensors under diffusers keys (``transformer.<module>.lora_A.weight``) and its
+    peft config as diffusers' loader takes it (``transformer.<field>``; None: alpha = rank).
+
+    A diffusers file reads through diffusers' own ``lora_state_dict``. A kohya
+    (``lora_unet_...``), ComfyUI (``diffusion_model....``), plain (``<module>.lora_down``) or
+    peft-keyed file -- a teacher given by ``lora_path`` in a manifest, a downloaded LoRA -- is
+    converted on load by ``methods/lora_formats.py``, which keeps each module's rank and alpha
+    exactly (the loaded adapter gives the outputs of the diffusers original, bit for bit) and
+    refuses any key it does not understand, naming the file. A peft-keyed file takes its alpha
+    from the ``adapter_config.json`` next to it.
+    """
+    from methods import lora_formats
+
+    file = Path(file)
+    layout = lora_formats.file_layout(file)
+    if layout not in CONVERTED_LAYOUTS:  # diffusers, or keys no layout fits: diffusers says what is wrong
+        return QwenImagePipeline.lora_state_dict(str(file), return_lora_metadata=True)
+    if layout == "peft":
+        config_file = file.parent / CONFIG_NAME
+        if not config_file.exists():
+            raise lora_formats.LoraFormatError(f"{file}: a peft-layout LoRA without {CONFIG_NAME} next to it "
+                                               "(its alpha is unknown)")
+        state, _ = lora_formats.read_state_dict(file)
+        weights = lora_formats.from_state_dict(state, source=str(file), config=json.loads(config_file.read_text()))
+    else:
+        weights = lora_formats.read_lora(file)
+    state, config = lora_formats.to_diffusers(weights)
+    return ({f"transformer.{k}": v for k, v in state.items()}, {f"transformer.{k}": v for k, v in config.items()})
 
 
 def check_finite_lora(state: dict[str, torch.Tensor], what: str) -> None:

@@ -24,6 +24,11 @@ never a skipped tensor -- and loaded through diffusers' own
 ``QwenImagePipeline.load_lora_into_transformer`` with the peft config as metadata, so the result
 also loads in stock ``QwenImageEditPlusPipeline.load_lora_weights``.
 
+Every LoRA the harness loads goes through ``methods.lora.read_lora_file``: a file in a layout
+other than diffusers' (a kohya or ComfyUI teacher given by ``lora_path`` in a manifest) is read
+here and handed to diffusers' loader converted, so the teacher bank checks and serves it like any
+other teacher.
+
 CollectionLoRA reference checkpoints (``<dir>/model.pt`` holding a ``generator`` state dict of
 the peft-wrapped transformer, and ``<dir>/lora_config/adapter_config.json``) import through
 :func:`read_reference_checkpoint`.
@@ -133,6 +138,23 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not isinstance(state, dict):
         raise LoraFormatError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state, {}
+
+
+def file_layout(path: str | Path) -> str | None:
+    """The key layout of a LoRA file (one of ``LAYOUTS``), read from its keys alone (a
+    safetensors header; other files are loaded); None when no layout fits its keys."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    else:
+        keys = list(read_state_dict(path)[0])
+    try:
+        return detect_layout(keys)
+    except LoraFormatError:
+        return None
 
 
 def detect_layout(keys) -> str:

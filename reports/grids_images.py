@@ -75,7 +75,8 @@ def image_grid(columns: Sequence[GridColumn], path: Path, *, title: str = "", ro
     return path
 
 
-def result_images(cell_dir: Path, effect: str, n: int) -> list[Path | None]:
-    """The evaluator's saved results ``images/<effect>/NN.png`` of one cell (None where absent)."""
-    folder = Path(cell_dir) / "images" / effect
+def result_images(image_dir: Path, effect: str, n: int) -> list[Path | None]:
+    """The evaluator's saved results ``<effect>/NN.png`` of one cell, under its
+    ``ResultStore.image_dir`` (None where absent)."""
+    folder = Path(image_dir) / effect
     return [(folder / f"{i:02d}.png") if (folder / f"{i:02d}.png").exists() else None for i in range(n)]

@@ -5,14 +5,19 @@ the configs and seeds that produced everything.
 It only reads files (rows, configs, saved images, the EffectBench's images): it never imports
 torch, so re-reporting makes zero backbone forwards by construction.
 
-Which cells feed which table is read from their resolved configs (no grid bookkeeping needed):
+Which cells feed which table is read from their tags: the grid that made a cell tagged it with
+its table (``main``, ``ablation``, ``scaling``, ``curves``; bench/grids.py ``TAGS``) and the store
+kept the tag (bench/store.py). Within a table:
 
-* curve groups: ``ours`` cells whose configs differ only in ``distill.steps``; the longest run of
-  a group is its *final* cell, the shorter ones are its training-curve points;
-* main N: the number of effects with the most distinct (method, ablation) final cells;
-* main table: final cells at main N without ablation; ablation table: final ``ours`` cells at
-  main N; scaling: final cells of the four paper methods over every N; deployment: measurement
-  cells (``bench.cells.DeploymentCell``).
+* cells whose configs differ only in ``distill.steps`` (and seed) are one run at several lengths:
+  the longest is the table's *final* cell, the shorter ones are training-curve points;
+* main N: the number of effects with the most main-table cells; the ablation table and the
+  training curves use it too when they have cells there (else their own most common N);
+* deployment: measurement cells (kind ``deployment``, recorded by the store).
+
+A cell without tags (a single ``bench.run --method`` run, or a results directory written before
+grids tagged their cells) is placed by its resolved config, as before tags existed
+(``_guess_sections``).
 """
 
 from __future__ import annotations
@@ -28,13 +33,11 @@ from typing import Any
 
 import pandas as pd
 
-from bench.cells import DeploymentCell
-from bench.store import UnreadableRowsError, read_rows
+from bench.store import ResultStore, UnreadableRowsError
 from reports import claims, plots, tables
 from reports import paper_numbers as paper
 from reports.grids_images import GridColumn, image_grid, result_images
 
-ROWS, CONFIG, ERROR = "rows.parquet", "config.json", "error.txt"
 CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints",
                    "distill.snapshot_every")
 PAPER_METHODS = ("base", "lightning", "fm_all_in_1", "ours")
@@ -51,13 +54,22 @@ MEMORY_NOTES = {"process_peak_rss": "peak resident memory of the whole process, 
 @dataclass
 class Cell:
     cid: str
-    dir: Path
+    store: ResultStore
     config: dict
     rows: pd.DataFrame | None = None
     error: str | None = None
-    kind: str = "run"                 # "run" | "deployment"
+    kind: str = "run"                 # "run" | "deployment" | "study" (ResultStore.kind)
+    tags: tuple[str, ...] = ()        # the tables its grids made it for (ResultStore.tags)
     roles: list[str] = field(default_factory=list)   # report sections this cell feeds
     curve_rows: pd.DataFrame | None = None           # rows at several steps, when the cell has them
+
+    @property
+    def dir(self) -> Path:
+        return self.store.cell_dir(self.cid)
+
+    @property
+    def image_dir(self) -> Path:
+        return self.store.image_dir(self.cid)
 
     @property
     def status(self) -> str:
@@ -119,21 +131,19 @@ def compact_json(obj: Any) -> str:
 
 
 def load_cells(runs: Path) -> list[Cell]:
+    store = ResultStore(runs)
     cells = []
-    for d in sorted((Path(runs) / "cells").glob("*/")):
-        cfg_file = d / CONFIG
-        config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    for cid in store.cell_ids():
         rows, error = None, None
-        if (d / ROWS).exists():
+        if store.has_rows(cid):
             try:
-                rows = read_rows(d / ROWS)
+                rows = store.read_cell(cid)
             except UnreadableRowsError as err:  # a truncated file: an unfinished cell, said once
                 print(f"warning: {err}; reported as an unfinished cell (a rerun redoes it)", file=sys.stderr)
                 error = str(err)
-        if rows is None and error is None and (d / ERROR).exists():
-            error = (d / ERROR).read_text()
-        kind = "deployment" if DeploymentCell.is_config(config) else "run"
-        cell = Cell(d.name, d, config, rows, error, kind)
+        if rows is None and error is None:
+            error = store.read_error(cid)
+        cell = Cell(cid, store, store.read_config(cid), rows, error, store.kind(cid), store.tags(cid))
         if rows is not None and "step" in rows.columns and rows["step"].nunique() > 1:
             # a cell evaluated at several training steps (rows carry ``step``): tables use its last
             # step, the training curves all of them
@@ -166,33 +176,28 @@ def classify(cells: list[Cell]) -> dict[str, Any]:
     for c in done:
         if c.kind == "run":
             counts.setdefault(family(c), []).append(c)
-    newest = lambda members: max((m.dir / ROWS).stat().st_mtime for m in members)  # noqa: E731
+    newest = lambda members: max(m.store.finished_at(m.cid) for m in members)  # noqa: E731
     chosen = max(counts, key=lambda k: (len(counts[k]), newest(counts[k]))) if counts else None
     runs = counts.get(chosen, [])
-    groups: dict[str, list[Cell]] = {}
-    for c in runs:
-        flat = {k: v for k, v in flatten(c.config).items() if k not in CURVE_FREE_KEYS and k != "seed"}
-        groups.setdefault(json.dumps(flat, sort_keys=True, default=str), []).append(c)
-    final: list[Cell] = []
-    curves: list[Cell] = []
-    for members in groups.values():
-        longest = max((m.steps or 0) for m in members)
-        final += [m for m in members if (m.steps or 0) == longest]
-        if len({m.steps for m in members}) > 1 and members[0].method == "ours":
-            curves += members
-    per_n: dict[int, set] = {}
-    for c in final:
-        per_n.setdefault(c.n_effects, set()).add((c.method, c.ablation))
-    main_n = max(per_n, key=lambda n: (len(per_n[n]), n)) if per_n else None
-    main = [c for c in final if c.n_effects == main_n and c.ablation == "none"]
-    ablation = [c for c in final if c.n_effects == main_n and c.method == "ours"]
-    if len(ablation) < 2:
+
+    # the tables the grids tagged their cells for; untagged cells placed by their configs
+    tagged = [c for c in runs if c.tags]
+    guess, guess_n = _guess_sections([c for c in runs if not c.tags])
+    main = _finals([c for c in tagged if "main" in c.tags])[0] + guess["main"]
+    ablation = _finals([c for c in tagged if "ablation" in c.tags])[0] + guess["ablation"]
+    scaling = _finals([c for c in tagged if "scaling" in c.tags])[0] + guess["scaling"]
+    curves = [c for c in tagged if "curves" in c.tags] + guess["curves"]
+    main_n = _modal_n(main) or guess_n or _modal_n(ablation + curves + scaling)
+    main = [c for c in main if c.n_effects == main_n]
+    ablation_n = main_n if any(c.n_effects == main_n for c in ablation) else _modal_n(ablation)
+    ablation = [c for c in ablation if c.n_effects == ablation_n]
+    if len(ablation) < 2:  # one row compares nothing
         ablation = []
-    scaling = [c for c in final if c.ablation == "none" and c.method in PAPER_METHODS]
     if len({c.n_effects for c in scaling}) < 2:
         scaling = []
-    curves = [c for c in curves if c.n_effects == main_n]
-    curves += [c for c in final if c.curve_rows is not None and c.n_effects == main_n and c not in curves]
+    curves_n = main_n if any(c.n_effects == main_n for c in curves) else _modal_n(curves)
+    curves = [c for c in curves if c.n_effects == curves_n]
+
     deployment = [c for c in done if c.kind == "deployment"]
     same = [c for c in deployment if chosen is None or family(c) == chosen]
     deployment_other = bool(deployment) and not same
@@ -202,9 +207,55 @@ def classify(cells: list[Cell]) -> dict[str, Any]:
         for c in members:
             c.roles.append(name)
     others = [c for c in done if c.kind == "run" and family(c) != chosen]
-    return {"main_n": main_n, "main": main, "ablation": ablation, "scaling": scaling, "curves": curves,
-            "deployment": deployment, "deployment_other_config": deployment_other, "other_family": others,
+    return {"main_n": main_n, "ablation_n": ablation_n or main_n, "main": main, "ablation": ablation,
+            "scaling": scaling, "curves": curves, "deployment": deployment,
+            "deployment_other_config": deployment_other, "other_family": others,
             "family": json.loads(chosen) if chosen else {}}
+
+
+def _finals(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """(final cells, training-curve cells). Cells whose configs differ only in ``distill.steps``
+    (and seed) are one run at several lengths: the longest of each group is final; the members of
+    an ``ours`` group with several lengths are its curve points."""
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        flat = {k: v for k, v in flatten(c.config).items() if k not in CURVE_FREE_KEYS and k != "seed"}
+        groups.setdefault(json.dumps(flat, sort_keys=True, default=str), []).append(c)
+    final: list[Cell] = []
+    curves: list[Cell] = []
+    for members in groups.values():
+        longest = max((m.steps or 0) for m in members)
+        final += [m for m in members if (m.steps or 0) == longest]
+        if len({m.steps for m in members}) > 1 and members[0].method == "ours":
+            curves += members
+    return final, curves
+
+
+def _modal_n(cells: list[Cell]) -> int | None:
+    """The number of effects most of ``cells`` have (the larger on a tie); None without cells."""
+    per_n: dict[int, int] = {}
+    for c in cells:
+        per_n[c.n_effects] = per_n.get(c.n_effects, 0) + 1
+    return max(per_n, key=lambda n: (per_n[n], n)) if per_n else None
+
+
+def _guess_sections(runs: list[Cell]) -> tuple[dict[str, list[Cell]], int | None]:
+    """The sections of cells no grid tagged, read from their configs alone -- how every cell was
+    placed before grids tagged them, kept for single runs and old results directories: main N
+    is the number of effects with the most distinct (method, ablation) final cells; main: final
+    cells at main N without ablation; ablation: final ``ours`` cells at main N; scaling: final
+    cells of the four paper methods at every N; curves: ``ours`` curve groups at main N."""
+    final, curves = _finals(runs)
+    per_n: dict[int, set] = {}
+    for c in final:
+        per_n.setdefault(c.n_effects, set()).add((c.method, c.ablation))
+    main_n = max(per_n, key=lambda n: (len(per_n[n]), n)) if per_n else None
+    curves = [c for c in curves if c.n_effects == main_n]
+    curves += [c for c in final if c.curve_rows is not None and c.n_effects == main_n and c not in curves]
+    return {"main": [c for c in final if c.n_effects == main_n and c.ablation == "none"],
+            "ablation": [c for c in final if c.n_effects == main_n and c.method == "ours"],
+            "scaling": [c for c in final if c.ablation == "none" and c.method in PAPER_METHODS],
+            "curves": curves}, main_n
 
 
 def rows_of(cells: list[Cell], *, with_step: bool = False) -> pd.DataFrame:
@@ -365,7 +416,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     add(tables.paper_deployment_table() + "\n")
 
     # 4. ablation -------------------------------------------------------------------------------------
-    add(f"## 4. Component ablation — {n} effects in 1\n")
+    add(f"## 4. Component ablation — {sec['ablation_n']} effects in 1\n")
     if len(ab_rows):
         add("**This run**:\n")
         add(tables.ablation_table(ab_rows) + "\n")
@@ -404,7 +455,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         for c in failed:
             last = [ln for ln in (c.error or "").strip().splitlines() if ln.strip()]
             why = last[-1] if last else "no rows and no error file: still running, or killed"
-            where = rel(c.dir / ERROR) if c.error else rel(c.dir)
+            where = rel(c.store.error_path(c.cid)) if c.error else rel(c.dir)
             add(f"- `{c.cid}` — {_describe(c)}: **{c.status}** — `{why}` ({where})")
         add("")
     else:
@@ -502,7 +553,8 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
         if per_method:
             short = lambda m: tables.label(m).split(" (")[0].replace(" + Lightning", "") \
                 if m != "lightning" else "Base + Lightning"  # noqa: E731 -- column titles must fit a tile
-            cols = base_cols + [GridColumn(short(m), result_images(c.dir, effect, k)) for m, c in per_method.items()]
+            cols = base_cols + [GridColumn(short(m), result_images(c.image_dir, effect, k))
+                                for m, c in per_method.items()]
             title = f"{effect}: {spec.prompt}" if spec else effect
             p = image_grid(cols, assets / "qualitative" / f"main_{effect}.png", title=title)
             lines.append(f"![{effect}]({rel(p)})\n")
@@ -510,7 +562,7 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
             abl = sorted(ablation.items(), key=lambda kv: paper.ablation_exp(
                 () if kv[0] == "none" else tuple(kv[0].split(","))) or "(9)")
             cols = base_cols + [GridColumn(plots.ABLATION_NAMES.get(ab, f"off: {ab}"),
-                                           result_images(c.dir, effect, k)) for ab, c in abl]
+                                           result_images(c.image_dir, effect, k)) for ab, c in abl]
             p = image_grid(cols, assets / "qualitative" / f"ablation_{effect}.png", title=f"{effect} - ablation")
             lines.append(f"![{effect} ablation]({rel(p)})\n")
     return "\n".join(lines) + "\n"
@@ -528,7 +580,7 @@ def _configs(cells: list[Cell], rel) -> str:
         "method": c.method, "off": c.ablation if c.kind == "run" else "", "N": c.n_effects,
         "distill steps": c.steps if c.kind == "run" and c.method == "ours" else "",
         "seed": c.seed if c.kind == "run" else (c.config.get("seed")), "preset": c.preset,
-        "config": f"[config.json]({rel(c.dir / CONFIG)})"} for c in cells])
+        "config": f"[config.json]({rel(c.store.config_path(c.cid))})"} for c in cells])
     text = tables.render(table) + "\n\n"
     runs = [c for c in cells if c.kind == "run" and c.config and (c.roles or c.status != "ok")]
     if runs:

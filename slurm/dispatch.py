@@ -23,8 +23,9 @@ lock, so the table only saves time; it never decides correctness.
 Measurement cells (``bench.cells.DeploymentCell``: deployment cost) train nothing, so they need
 no shared stage; they run in the cells array like the others.
 
-Jobs receive the path of the cell's resolved ``config.json`` (written before submission), never
-a pickled config; ``load_cell`` rebuilds the RunConfig or DeploymentCell from it. Each
+Jobs receive the path of the cell's resolved ``config.json`` (written before submission, with the
+cell's kind and its grid's tags: bench/store.py), never a pickled config; ``load_cell`` rebuilds
+the RunConfig or DeploymentCell from it. Each
 submission is recorded in ``<out>/submissions/<time>-<name>.json`` (job id and log folder per
 cell and per artifact); ``python -m bench.run --status OUT`` reads it.
 """
@@ -39,6 +40,7 @@ import traceback
 import types
 import typing
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +51,7 @@ import submitit
 from bench.cache import ArtifactCache, atomic_write
 from bench.cells import Cell, DeploymentCell, describe, is_measurement
 from bench.config import RunConfig, config_hash
+from bench.grids import GridCell
 from bench.progress import log_interval
 from bench.store import ResultStore, cell_id
 from slurm.executors import SlurmConfig, check_kind, make_executor, slurm_config_from_dict
@@ -110,9 +113,11 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def load_cell(path: str | Path) -> Cell:
-    """A grid cell from its ``config.json``: a ``DeploymentCell`` (measurement) or a ``RunConfig``."""
+    """A grid cell from its stored ``config.json``: a ``DeploymentCell`` (measurement) or a
+    ``RunConfig``, as the store recorded its kind."""
+    store, cid = ResultStore.of_config(path)
     data = json.loads(Path(path).read_text())
-    if DeploymentCell.is_config(data):
+    if store.kind(cid) == "deployment":
         return DeploymentCell.from_dict(data, lambda d: config_from_dict(RunConfig, d))
     return config_from_dict(RunConfig, data)
 
@@ -188,48 +193,23 @@ class CellJob(_Requeueable):
             raise RuntimeError(f"{config_path} hashes to cell {cid}: the config was edited after "
                                "submission or written by another version of the code")
         store = ResultStore(out)
-        error = store.cell_dir(cid) / "error.txt"
-        error.unlink(missing_ok=True)
+        store.clear_error(cid)
         try:
             rows = run_cell(cell, Path(out), ArtifactCache(cache), force=force)
         except BaseException:
-            error.write_text(traceback.format_exc())
+            store.write_error(cid, traceback.format_exc())
             raise
         return {"cell": cid, "rows": None if rows is None else len(rows)}  # None: not rank 0
 
 
 def write_report(out: str, cache: str | None = None) -> str:
-    """The report stage: ``python -m bench.report OUT --cache CACHE`` when that module exists
-    (the cache holds the synthetic EffectBench its image grids read), else a markdown table of
-    metric means with the failed cells named."""
-    import importlib.util
+    """The report stage: ``python -m bench.report OUT --cache CACHE`` (the cache holds the
+    synthetic EffectBench its image grids read)."""
     import subprocess
 
-    import pandas as pd
-
-    from reports.tables import means_table
-
-    out_dir = Path(out)
-    if importlib.util.find_spec("bench.report") is not None:
-        cmd = [sys.executable, "-m", "bench.report", str(out_dir)] + (["--cache", cache] if cache else [])
-        subprocess.run(cmd, check=True)
-        return str(out_dir)
-    store = ResultStore(out_dir)
-    rows = store.read_all()
-    lines = [f"# Results of {out_dir}", "", means_table(rows) if len(rows) else "_no finished cells_", ""]
-    failed = []
-    for cfg_path in sorted((out_dir / "cells").glob("*/config.json")):
-        cid = cfg_path.parent.name
-        if not store.is_done(cid):
-            err = cfg_path.parent / "error.txt"
-            last = err.read_text().strip().splitlines()[-1] if err.exists() else "no rows (not run or lost)"
-            failed.append(f"- `{cid}`: {last}")
-    if failed:
-        lines += ["## Cells without rows", "", *failed, ""]
-    path = atomic_write(out_dir / "report.md", "\n".join(lines))
-    n_cells = pd.unique(rows["run"]).size if len(rows) else 0
-    print(f"report: {n_cells} cells with rows, {len(failed)} without -> {path}")
-    return str(path)
+    cmd = [sys.executable, "-m", "bench.report", str(out)] + (["--cache", cache] if cache else [])
+    subprocess.run(cmd, check=True)
+    return str(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +257,10 @@ class Plan:
     cached: int = 0                                      # shared items found in the cache
 
 
-def plan(cells: list[Cell], out: Path, cache_root: Path, *, force: bool = False) -> Plan:
-    """Write each cell's config.json and find the missing shared artifacts (a measurement cell
-    trains nothing: it needs no shared stage)."""
+def plan(cells: list[Cell], out: Path, cache_root: Path, *, force: bool = False,
+         tags: Mapping[str, Sequence[str]] | None = None) -> Plan:
+    """Write each cell's config.json (and add its ``tags[cell_id]``, finished or not) and find
+    the missing shared artifacts (a measurement cell trains nothing: it needs no shared stage)."""
     from bench.workspace import Workspace
     from methods.distill import lightning_lora
     from methods.teachers import teacher_outputs
@@ -289,11 +270,12 @@ def plan(cells: list[Cell], out: Path, cache_root: Path, *, force: bool = False)
     for cfg in cells:
         unique.setdefault(cell_id(cfg), cfg)
     for cid, cfg in unique.items():
+        if (tags or {}).get(cid):
+            store.tag(cid, tags[cid])
         if store.is_done(cid) and not force:
             p.done.append(cid)
             continue
-        store.write_config(cid, cfg)
-        path = str(store.cell_dir(cid) / "config.json")
+        path = str(store.write_config(cid, cfg))
         p.cells.append(Task("cells", describe(cfg), (path,), cell=cid))
         if is_measurement(cfg):
             continue
@@ -362,8 +344,10 @@ class Submission:
 
 def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, *,
            executor: str = "slurm", slurm: SlurmConfig = SlurmConfig(), name: str = "run",
-           force: bool = False, wait: bool = False) -> Submission:
-    """Submit ``cells`` (a grid) stage by stage; see the module docstring.
+           force: bool = False, wait: bool = False,
+           tags: Mapping[str, Sequence[str]] | None = None) -> Submission:
+    """Submit ``cells`` (a grid) stage by stage; see the module docstring. ``tags`` (cell id ->
+    the report tables its grid feeds) are stored with the cells.
 
     On SLURM this returns once everything is queued (``wait=True``: once it finished). The
     ``local`` and ``debug`` executors have no dependencies, so this runs the stages in order
@@ -372,7 +356,7 @@ def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, 
     kind = check_kind(executor)
     out = Path(out).resolve()
     cache_root = ArtifactCache(cache).root.resolve()
-    p = plan(cells, out, cache_root, force=force)
+    p = plan(cells, out, cache_root, force=force, tags=tags)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     record_path = out / "submissions" / f"{stamp}-{name}.json"
     record: dict[str, Any] = {
@@ -481,10 +465,11 @@ def _write_record(sub: Submission) -> None:
 # CLI glue (bench.run --executor debug|slurm)
 
 
-def run_cli(cells: list[Cell], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
+def run_cli(cells: list[GridCell], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
             name: str, force: bool, wait: bool) -> int:
     started = time.perf_counter()
-    submit(cells, out, cache, executor=executor, slurm=slurm, name=name, force=force, wait=wait)
+    submit([c.cell for c in cells], out, cache, executor=executor, slurm=slurm, name=name, force=force,
+           wait=wait, tags={cell_id(c.cell): c.tags for c in cells})
     if executor == "slurm" and not wait:
         return 0
     print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")
@@ -501,7 +486,7 @@ def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None,
         return None
     records = load_records(out)
     last = records[-1] if records else {}
-    cfgs = [load_cell(ResultStore(out).cell_dir(cid) / "config.json") for cid in cids]
+    cfgs = [load_cell(ResultStore(out).config_path(cid)) for cid in cids]
     slurm = slurm or (slurm_config_from_dict(last["slurm"]) if last.get("slurm") else None)
     kwargs = {"slurm": slurm} if slurm is not None else {}
     print(f"resubmitting {len(cids)} cell(s): {', '.join(cids)}")

@@ -154,14 +154,14 @@ def cell_status(out: str | Path) -> pd.DataFrame:
             latest[cid] = (record, entry)
             if entry.get("job_id"):
                 job_states[entry["job_id"]] = states.get(entry["job_id"], JobState("UNKNOWN"))
-    cells = sorted({p.parent.name for p in (out / "cells").glob("*/config.json")} | set(latest))
+    cells = sorted(set(store.cell_ids()) | set(latest))
     rows = []
     for cid in cells:
         record, entry = latest.get(cid, ({}, {}))
         jid = entry.get("job_id")
         job = job_states.get(jid) if jid else (JobState(entry["state"]) if entry.get("state") else None)
-        error = store.cell_dir(cid) / "error.txt"
-        err_line = error.read_text().strip().splitlines()[-1] if error.exists() else ""
+        error = (store.read_error(cid) or "").strip()
+        err_line = error.splitlines()[-1] if error else ""
         if store.is_done(cid):
             state, note = "done", ""
         elif job is not None and job.active:

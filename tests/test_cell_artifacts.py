@@ -23,3 +23,5 @@ def test_artifacts_json_lists_lora_files_and_loss_csvs(tmp_path):
         "adapter_config.json", "adapter_model.safetensors", "pytorch_lora_weights.safetensors"]
     assert links["student"]["loss_csv"] == [str(student / "losses.csv")]
     assert links["teacher/warm"] == {"dir": str(external.parent), "lora": [str(external)], "loss_csv": []}
+    assert ResultStore(tmp_path / "runs").read_artifacts("c1") == links
+    assert ResultStore(tmp_path / "runs").read_artifacts("never-run") == {}

@@ -215,3 +215,89 @@ def test_torchrun_two_ranks_train_the_same_ours_as_one_process(tmp_path, cache_d
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-5)
+
+
+def _manifest(src: Path, dst: Path, effects: list[str], loras: dict[str, Path]) -> Path:
+    """An EffectBench at ``dst`` holding ``effects`` of the dataset at ``src`` (its images named by
+    absolute path, nothing copied) whose teachers are the ``loras`` files (``lora_path``)."""
+    def absolute(value):
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return str(src / value) if isinstance(value, str) and value.endswith(".png") else value
+
+    dst.mkdir(parents=True)
+    for file in sorted(src.glob("*.jsonl")):
+        lines = []
+        for line in file.read_text().splitlines():
+            row = {k: absolute(v) for k, v in json.loads(line).items()}
+            if row.get("lora_name") not in (None, *effects):
+                continue
+            if file.name == "effects.jsonl":
+                row["lora_path"] = str(loras[row["lora_name"]])
+            lines.append(json.dumps(row))
+        (dst / file.name).write_text("\n".join(lines) + "\n")
+    return dst
+
+
+@pytest.mark.e2e
+def test_kohya_and_comfyui_teachers_in_a_manifest_train_the_student_the_originals_do(tmp_path, cache_dir):
+    """Teachers given by ``lora_path`` in an EffectBench manifest, written in the kohya and ComfyUI
+    layouts from the smoke world's trained teachers (and one left in diffusers', a mixed bank):
+    the bank loads them with the originals' outputs, and ``ours`` distilled from them is the
+    student -- and the rows -- that the diffusers files give, bit for bit."""
+    from safetensors.torch import load_file
+
+    from bench.cache import ArtifactCache
+    from bench.config import PRESETS
+    from bench.store import ResultStore
+    from bench.workspace import Workspace
+    from methods import lora_formats as lf
+    from methods.adapters import AdapterBank
+    from methods.distill import edit_with
+    from methods.lora import WEIGHT_NAME
+
+    ws = Workspace(PRESETS.get("smoke")(), ArtifactCache(cache_dir, verbose=False))
+    effects = list(ws.bench.effects)
+    originals = {e.lora_name: ws.teacher_dir(e) / WEIGHT_NAME for e in effects}
+    layouts = dict(zip(originals, ("kohya", "comfyui", "diffusers")))
+    converted = {n: f if layouts[n] == "diffusers" else
+                 lf.save_lora_file(lf.read_lora(f), tmp_path / "loras" / f"{n}.{layouts[n]}.safetensors", layouts[n])
+                 for n, f in originals.items()}
+    first = {layouts[n]: next(iter(load_file(str(f)))) for n, f in converted.items()}
+    assert first["kohya"].startswith("lora_unet_") and first["comfyui"].startswith("diffusion_model.")
+
+    # the bank: each converted teacher edits exactly as its original
+    bb = ws.load_backbone()
+    bank = AdapterBank(bb.transformer)
+    bank.check({f"{n}_original": f for n, f in originals.items()} | {f"{n}_file": f for n, f in converted.items()})
+    src = ws.images([t.source_image for t in ws.bench.test_rows(effects[0].lora_name)[:2]])
+    s = ws.cfg.sampling
+    for e in effects:
+        outs = []
+        for name, file in ((f"{e.lora_name}_original", originals[e.lora_name]),
+                           (f"{e.lora_name}_file", converted[e.lora_name])):
+            bank.add_teacher(name, file)
+            outs.append(edit_with(bb, bank, (name,), src, e.prompt, steps=s.base_steps, shift=s.shift,
+                                  cfg_scale=s.base_cfg, generator=torch.Generator().manual_seed(0),
+                                  sampler="euler")[0])
+        assert torch.equal(*outs), e.lora_name
+
+    # a student distilled from each manifest (cheap base and student: the identity is the point)
+    names = [e.lora_name for e in effects]
+    students, rows = [], []
+    for label, loras in (("diffusers", originals), ("converted", converted)):
+        root = _manifest(ws.dataset_root, tmp_path / label, names, loras)
+        out = tmp_path / f"runs-{label}"
+        assert main(["--method", "ours", "--preset", "smoke", "--limit", "1", "--out", str(out),
+                     "--cache", str(tmp_path / "cache"), "world.kind=effectbench", f"world.root={root}",
+                     "pretrain.steps=10", "pretrain.warmup=2", "distill.steps=6"]) == 0
+        store = ResultStore(out)
+        [cid] = store.cell_ids()
+        [student] = store.read_artifacts(cid).values()  # ours serves one LoRA
+        students.append(load_file(next(p for p in student["lora"] if p.endswith(WEIGHT_NAME))))
+        keys = ["effect", "sample", "draw", "metric"]
+        rows.append(store.read_cell(cid).sort_values(keys).reset_index(drop=True))
+    assert students[0].keys() == students[1].keys()
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
+    assert set(rows[1]["effect"]) == set(names) and (rows[1]["status"] == "ok").any()
+    pd.testing.assert_series_equal(rows[0]["value"], rows[1]["value"])

@@ -182,7 +182,7 @@ def test_debug_executor_grid_failed_cell_status_and_resubmit(tmp_path: Path, cac
     assert list(again.record["cells"]) == [bad]
     assert set(cell_status(out)["state"]) == {"done"} and print_status(out) == 0
     assert ResultStore(out).read_all()["run"].nunique() == 2
-    assert not (ResultStore(out).cell_dir(bad) / "error.txt").exists()
+    assert ResultStore(out).read_error(bad) is None
 
 
 def _build_once(cache: str, counter: str) -> str:

@@ -128,17 +128,18 @@ def test_cell_ids_are_config_hashes(synth):
 def test_deployment_cell_round_trips_through_its_config_json(synth, tmp_path):
     import json
 
-    from bench.config import RunConfig, to_dict
+    from bench.config import RunConfig
     from bench.store import ResultStore
-    from slurm.dispatch import config_from_dict
+    from slurm.dispatch import config_from_dict, load_cell
 
     cell = GRIDS.get("deployment")(synth)[2]
     store = ResultStore(tmp_path)
-    store.write_config(cell_id(cell), cell)
-    data = json.loads((store.cell_dir(cell_id(cell)) / "config.json").read_text())
-    assert DeploymentCell.is_config(data) and not DeploymentCell.is_config(to_dict(synth))
-    again = DeploymentCell.from_dict(data, lambda d: config_from_dict(RunConfig, d))
+    path = store.write_config(cell_id(cell), cell)
+    store.write_config(cell_id(synth), synth)
+    assert store.kind(cell_id(cell)) == "deployment" and store.kind(cell_id(synth)) == "run"
+    again = DeploymentCell.from_dict(json.loads(path.read_text()), lambda d: config_from_dict(RunConfig, d))
     assert again == cell and cell_id(again) == cell_id(cell)
+    assert load_cell(path) == cell and load_cell(store.config_path(cell_id(synth))) == synth
 
 
 # ---------------------------------------------------------------------- running a grid locally
@@ -157,7 +158,6 @@ def _measured_rows(cell: DeploymentCell) -> pd.DataFrame:
 def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_path, monkeypatch, capsys):
     """A deployment cell is stored like a training cell (config.json, rows, skipped once finished);
     a failing cell does not stop it, and the report written at the end names the failure."""
-    import json
 
     from bench.cache import ArtifactCache
     from bench.runner import run_grid
@@ -184,7 +184,7 @@ def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_pa
         assert store.is_done(cell_id(cell))
         assert load_cell(store.cell_dir(cell_id(cell)) / "config.json") == cell
         assert set(store.read_cell(cell_id(cell))["metric"]) == {"storage_bytes"}
-    assert "no_such_method" in (store.cell_dir(cell_id(broken)) / "error.txt").read_text()
+    assert "no_such_method" in store.read_error(cell_id(broken))
     assert f"FAILED cell {cell_id(broken)}" in printed.err
 
     report = (out / "report.md").read_text()
@@ -193,7 +193,7 @@ def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_pa
     assert "Storage ↓" in section and "N=2" in section and "N=4" in section
     failed = report.split("## Failed cells")[1].split("##")[0]
     assert cell_id(broken) in failed and "no_such_method" in failed
-    assert json.loads((store.cell_dir(cell_id(broken)) / "config.json").read_text())["method"] == "no_such_method"
+    assert store.read_config(cell_id(broken))["method"] == "no_such_method"
 
     # a rerun measures nothing again
     monkeypatch.setitem(GRIDS._entries, "mixed", lambda base: deployment)
@@ -209,3 +209,23 @@ def test_describe_names_each_kind_of_cell(smoke):
     assert describe(dep) == "deployment N=10 capacity=50 seed=0"
     ours = replace(smoke, method="ours", components_off=("aop", "ts"))
     assert describe(ours) == f"ours N={smoke.n_effects} off=aop,ts steps={smoke.distill.steps} seed=0"
+
+
+# ---------------------------------------------------------------------- tags
+
+
+def test_each_grid_tags_its_cells_with_its_table_and_paper_with_every_part(smoke):
+    from bench.grids import grid_cells
+
+    assert {c.tags for c in grid_cells("ablation", smoke)} == {("ablation",)}
+    assert {c.tags for c in grid_cells("deployment", smoke)} == {("deployment",)}
+    assert {c.tags for c in grid_cells("methods", smoke)} == {("main",)}  # the main table, run's effects
+    paper = {cell_id(c.cell): c.tags for c in grid_cells("paper", smoke)}
+    assert len(paper) == len(GRIDS.get("paper")(smoke))
+    full_ours = cell_id(replace(smoke, method="ours", components_off=()))
+    # main's ours is ablation row (5), the last point of its curve and the scaling point at N=3
+    assert paper[full_ours] == ("ablation", "curves", "main", "scaling")
+    assert paper[cell_id(replace(smoke, method="base", n_effects=2))] == ("scaling",)
+    vanilla = cell_id(replace(smoke, method="ours", components_off=tuple(sorted(ABLATION_ROWS[0]))))
+    assert paper[vanilla] == ("ablation", "curves")
+

@@ -242,3 +242,60 @@ def test_reference_checkpoint_errors(tmp_path):
     (tmp_path / "full" / "lora_config" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(lf.LoraFormatError, match="holds no LoRA tensors"):
         lf.read_reference_checkpoint(tmp_path / "full")
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers in community layouts: the bank and every loader convert on load
+
+
+@pytest.mark.parametrize("layout", ["kohya", "comfyui"])
+def test_teacher_bank_loads_a_community_layout_with_the_originals_outputs(adapted, tmp_path, layout):
+    """A teacher file as kohya or ComfyUI tools write it (alpha 12 on rank 4) is checked, loaded
+    and switched like the diffusers original, and gives its outputs bit for bit (diffusers' own
+    converter folds alpha into the weights: only close)."""
+    from methods.adapters import AdapterBank
+
+    _, expected, file = adapted
+    teacher = lf.save_lora_file(lf.read_lora(file), tmp_path / f"teacher.{layout}.safetensors", layout)
+    fresh = tiny_transformer(seed=0)
+    bank = AdapterBank(fresh)
+    bank.check({"fx": teacher, "original": file})  # one rank, one set of targets
+    bank.add_teacher("fx", teacher)
+    bank.add_teacher("original", file)
+    with bank.active("fx"):
+        converted = _output(fresh)
+    with bank.active("original"):
+        original = _output(fresh)
+    assert torch.equal(converted, expected) and torch.equal(original, expected)
+    direct = tiny_transformer(seed=0)
+    load_lora(direct, teacher, "direct")  # teacher outputs, students' init: the same loader
+    assert torch.equal(_output(direct), expected)
+
+
+def test_a_bad_community_layout_teacher_is_named_by_the_bank(adapted, tmp_path):
+    """NaN weights, a module the backbone lacks, a shape of another model: each a clear error
+    naming the teacher and its file, before anything loads."""
+    from bench.errors import NonFiniteError
+    from methods.adapters import AdapterBank, LoraMismatchError
+
+    _, _, file = adapted
+    state = lf.to_kohya(lf.read_lora(file))
+    cases = {}
+    nan = dict(state)
+    nan["lora_unet_transformer_blocks_1_attn_to_k.lora_up.weight"] = torch.full((48, 4), float("nan"))
+    cases["nan"] = (nan, NonFiniteError, "non-finite")
+    deep = dict(state)
+    deep["lora_unet_transformer_blocks_7_attn_to_q.lora_down.weight"] = torch.zeros(4, 48)
+    deep["lora_unet_transformer_blocks_7_attn_to_q.lora_up.weight"] = torch.zeros(48, 4)
+    cases["deep"] = (deep, LoraMismatchError, "does not have")
+    wide = dict(state)
+    wide["lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight"] = torch.zeros(4, 3072)
+    cases["wide"] = (wide, LoraMismatchError, "does not fit")
+    for name, (tensors, error, match) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path))
+        bank = AdapterBank(tiny_transformer(seed=0))
+        with pytest.raises(error, match=match) as err:
+            bank.check({name: path})
+        assert f"teacher LoRA {name!r}" in str(err.value) and path.name in str(err.value), name
+        assert not bank.frozen

@@ -42,7 +42,7 @@ def _rows(cfg, quality: float) -> pd.DataFrame:
                 recs.append({**base, "metric": metric, "role": role, "higher_is_better": higher, "value": value,
                              "unit": "dB" if metric == "gt_psnr" else ""})
             recs.append({**base, "metric": "nfe", "role": "NFE", "higher_is_better": False, "synthetic": False,
-                         "value": NFE[cfg.method]})
+                         "value": NFE.get(cfg.method, 8.0)})
             recs.append({**base, "metric": "vsa", "role": "VSA", "higher_is_better": True, "synthetic": False,
                          "value": float("nan"), "status": "missing", "note": "no judge endpoint: set BENCH_JUDGE_URL"})
     return pd.DataFrame.from_records(recs)[[*COLUMNS, "unit"]]
@@ -90,6 +90,8 @@ def _deployment_rows(cell: DeploymentCell) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
+    """Cells written without tags, as by a single run or an older version: the report places them
+    by their configs (``_guess_sections``); tagged cells are tested further down."""
     out = tmp_path_factory.mktemp("runs")
     store = ResultStore(out)
     smoke = PRESETS.get("smoke")()
@@ -109,8 +111,8 @@ def runs(tmp_path_factory) -> Path:
         store.write_rows(cell_id(cell), _deployment_rows(cell))
     broken = replace(smoke, method="lightning", seed=7)
     store.write_config(cell_id(broken), broken)
-    (store.cell_dir(cell_id(broken)) / "error.txt").write_text(
-        "Traceback (most recent call last):\n  ...\nRuntimeError: teacher LoRA 'x' has rank 4, the bank's have 8\n")
+    store.write_error(cell_id(broken), "Traceback (most recent call last):\n  ...\n"
+                                       "RuntimeError: teacher LoRA 'x' has rank 4, the bank's have 8\n")
     return out
 
 
@@ -164,7 +166,8 @@ def test_paper_numbers_labelled_and_separate(report):
 def test_failed_cell_named_with_error(report, runs):
     text, _ = report
     failed = text.split("## Failed cells")[1]
-    broken = [d.name for d in (runs / "cells").iterdir() if (d / "error.txt").exists()][0]
+    store = ResultStore(runs)
+    broken = [cid for cid in store.cell_ids() if store.read_error(cid)][0]
     assert broken in failed and "rank 4" in failed
     assert "did not finish" in text.split("## 1.")[0]
     assert "no judge endpoint" in text  # missing metrics are reported with their reason
@@ -310,3 +313,115 @@ def test_a_ratio_with_an_ideal_value_is_best_closest_to_it_and_says_so():
     cells = tables.ci_column(groups, ["noisy", "right", "smooth"], col)
     assert cells[1].startswith("**0.95") and "**" not in cells[0] + cells[2]
     assert col.header == "texture_energy (exact draw = 1) →1"
+
+
+# ---------------------------------------------------------------------- cells tagged by their grids
+
+
+@pytest.fixture
+def stub_training(monkeypatch):
+    """``run_grid`` without training: each run cell's "training and evaluation" returns hand-made
+    rows (``_rows``); ``fail`` names methods that raise instead. Returns (trained cell ids, fail)."""
+    import bench.runner
+    import bench.workspace
+
+    trained, fail = [], set()
+
+    class Inputs:  # the Workspace run_cell checks inputs with, without world or backbone
+        def __init__(self, cfg, cache):
+            self.cfg = cfg
+
+        def check_inputs(self):
+            pass
+
+    def train_and_evaluate(ws, store, cid):
+        if ws.cfg.method in fail:
+            raise RuntimeError(f"teacher LoRA 'x' of {ws.cfg.method} has rank 4, the bank's have 8")
+        trained.append(cid)
+        return _rows(ws.cfg, QUALITY.get(ws.cfg.method, 0.4)), "stub"
+
+    monkeypatch.setattr(bench.workspace, "Workspace", Inputs)
+    monkeypatch.setattr(bench.runner, "_train_and_evaluate", train_and_evaluate)
+    return trained, fail
+
+
+def _section(text: str, number: str) -> str:
+    return text.split(f"## {number}")[1].split("**paper**")[0]
+
+
+def test_a_cell_lands_in_the_table_of_the_grid_that_made_it(tmp_path, stub_training):
+    """``--grid ablation`` alone fills the ablation table and no main table (from its configs alone,
+    the full ``ours`` row looks like a one-method main table); ``--grid main`` afterwards reuses
+    that finished cell -- not retrained -- and it feeds both tables."""
+    from bench.cache import ArtifactCache
+    from bench.grids import main_methods
+    from bench.runner import run_grid
+
+    trained, _ = stub_training
+    smoke, out = PRESETS.get("smoke")(), tmp_path / "runs"
+    cache = ArtifactCache(tmp_path / "cache", verbose=False)
+    ours = cell_id(replace(smoke, method="ours"))
+
+    assert run_grid("ablation", smoke, out, cache) == 0
+    text = (out / "report.md").read_text()
+    assert "_no finished main-table cells (run `--grid main`)_" in _section(text, "1.")
+    ablation = _section(text, "4.")
+    assert "## 4." not in ablation and sum(line.startswith("| (") for line in ablation.splitlines()) == 5
+    assert ResultStore(out).tags(ours) == ("ablation",)
+
+    assert run_grid("main", smoke, out, cache) == 0
+    assert trained.count(ours) == 1 and len(trained) == 5 + len(main_methods()) - 1
+    assert ResultStore(out).tags(ours) == ("ablation", "main")
+    text = (out / "report.md").read_text()
+    main = _section(text, "1.")
+    assert all(tables.label(m) in main for m in main_methods())
+    assert sum(line.startswith("| (") for line in _section(text, "4.").splitlines()) == 5
+
+
+def test_a_failed_cells_error_is_kept_shown_and_cleared_through_the_store(tmp_path, stub_training):
+    """A cell that fails in a grid: its traceback is stored with it, the report and ``--status``
+    show its last line; once it runs through, the error is gone from both."""
+    from bench.cache import ArtifactCache
+    from bench.runner import run_grid
+    from slurm.status import cell_status
+
+    _, fail = stub_training
+    fail.add("fm_all_in_1")
+    smoke, out = PRESETS.get("smoke")(), tmp_path / "runs"
+    cache = ArtifactCache(tmp_path / "cache", verbose=False)
+    broken = cell_id(replace(smoke, method="fm_all_in_1"))
+
+    assert run_grid("methods", smoke, out, cache) == 1
+    store = ResultStore(out)
+    assert "rank 4, the bank's have 8" in store.read_error(broken) and not store.is_done(broken)
+    failed = (out / "report.md").read_text().split("## Failed cells")[1]
+    assert broken in failed and "RuntimeError: teacher LoRA 'x' of fm_all_in_1 has rank 4" in failed
+    status = cell_status(out).set_index("cell")
+    assert status.loc[broken, "state"] == "failed" and "rank 4" in status.loc[broken, "note"]
+
+    fail.clear()
+    assert run_grid("methods", smoke, out, cache) == 0
+    assert store.read_error(broken) is None and store.is_done(broken)
+    assert "None: every cell finished." in (out / "report.md").read_text()
+    assert cell_status(out).set_index("cell").loc[broken, "state"] == "done"
+
+
+def test_a_results_dir_from_before_cell_json_is_still_read(tmp_path):
+    """An old results directory (config.json and rows, no cell.json): kinds are told from the
+    config, cells are untagged and placed by their configs."""
+    from reports.report import build_report
+
+    store = ResultStore(tmp_path)
+    smoke = PRESETS.get("smoke")()
+    cfg = replace(smoke, method="base")
+    _write(store, cfg, _rows(cfg, QUALITY["base"]), images=False)
+    for n in (10, 100):
+        cell = DeploymentCell(base=smoke, n_effects=n)
+        store.write_config(cell_id(cell), cell)
+        store.write_rows(cell_id(cell), _deployment_rows(cell))
+    for meta in tmp_path.glob("cells/*/cell.json"):
+        meta.unlink()
+    assert {store.kind(cid) for cid in store.cell_ids()} == {"run", "deployment"}
+    assert all(store.tags(cid) == () for cid in store.cell_ids())
+    result = build_report(tmp_path, tmp_path / "r.md")
+    assert result.filled["main table"] and result.filled["deployment table + plot"]
