@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
-    from bench.run import resolve_config
+    from bench.runner import resolve_config
     from methods import METHODS
     from metrics import METRICS
     from slurm.executors import split_slurm_overrides
