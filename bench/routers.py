@@ -36,7 +36,7 @@ from bench.registry import Registry
 
 
 class Candidate(Protocol):
-    """What a router may look at (``bench.effectbench.EffectSpec`` satisfies it)."""
+    """What a router may look at (``bench.data.effectbench.EffectSpec`` satisfies it)."""
     lora_name: str
     prompt: str
     trigger: str | None

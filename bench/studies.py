@@ -29,7 +29,7 @@ import torch
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, config_hash
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from bench.evaluate import evaluate
 from bench.store import ResultStore
 from bench.workspace import Workspace

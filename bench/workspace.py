@@ -16,7 +16,7 @@ import torch
 
 from bench.cache import ArtifactCache, ArtifactSpec, files_fingerprint
 from bench.config import RunConfig
-from bench.effectbench import (
+from bench.data.effectbench import (
     EffectBench,
     EffectBenchError,
     EffectSpec,
@@ -60,7 +60,7 @@ class Workspace:
         if world.kind == "effectbench" and not world.root:
             problems.append("dataset: world.kind=effectbench needs an EffectBench directory: give world.root=PATH "
                             "or --effects PATH (effects.jsonl, train.jsonl, test.jsonl and their images; the "
-                            "format is in bench/effectbench.py)")
+                            "format is in bench/data/effectbench.py)")
         elif world.kind == "effectbench" and not Path(world.root).is_dir():
             problems.append(f"dataset: world.root {world.root}: no such directory")
         else:

@@ -1,4 +1,4 @@
-"""Tests for bench/effectbench.py: the EffectBench loader and its error reporting."""
+"""Tests for bench/data/effectbench.py: the EffectBench loader and its error reporting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.effectbench import (
+from bench.data.effectbench import (
     EffectBench,
     EffectBenchError,
     UnknownEffectError,
