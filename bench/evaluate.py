@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.data.effectbench import save_image
+from bench.data.image_io import save_image
 from bench.progress import progress
 from bench.workspace import Workspace
 from methods import Method

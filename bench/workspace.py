@@ -16,14 +16,11 @@ import torch
 
 from bench.cache import ArtifactCache, ArtifactSpec, files_fingerprint
 from bench.config import RunConfig
-from bench.data.effectbench import (
-    EffectBench,
-    EffectBenchError,
-    EffectSpec,
-    load_effectbench,
-    load_image,
-    world_identity,
-)
+from bench.data.effectbench import EffectBench, EffectSpec
+from bench.data.errors import EffectBenchError
+from bench.data.identity import world_identity
+from bench.data.image_io import load_image
+from bench.data.loader import load_effectbench
 from bench.errors import MissingInputsError
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs

@@ -536,7 +536,7 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
     root = dataset_root(shown[0].config, opts.cache)
     bench = None
     if root is not None:
-        from bench.data.effectbench import load_effectbench
+        from bench.data.loader import load_effectbench
 
         bench = load_effectbench(root)
     effects = list(dict.fromkeys(shown[0].rows["effect"]))[: opts.grid_effects]
