@@ -1,7 +1,7 @@
 """The runner: resolve a run's config, run one cell, or a grid of cells in this process, and store their rows.
 
 ``run_cell`` is the one way a cell runs -- from the CLI (bench/run.py), in a submitted job
-(slurm/dispatch.py ``CellJob``), in a tuning trial (bench/tune.py) and in a study -- so every
+(slurm/dispatch.py ``CellJob``), in a tuning trial (bench/studies/tune.py) and in a study -- so every
 cell is skipped when finished, written config first and rows last, the same everywhere.
 ``run_grid`` runs a grid's cells one after the other here, then writes the report; submitting
 a grid as jobs instead is slurm/dispatch.py's.
@@ -35,7 +35,7 @@ def quiet_expected_warnings() -> None:
 def resolve_config(args: Any) -> RunConfig:
     """Preset + flags + overrides -> the run's config. Fails fast on any unknown name.
 
-    ``args`` carries the flags both CLIs share (``bench.run`` and ``bench.tune`` parse
+    ``args`` carries the flags both CLIs share (``bench.run`` and ``bench.studies.tune`` parse
     them): ``preset, method, ablate, seed, effects, limit, overrides``."""
     from methods import METHODS, resolve_components
 

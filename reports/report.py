@@ -411,7 +411,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         if p:
             add(f"![Deployment cost vs number of effects]({rel(p)})\n")
     else:
-        add("_no deployment cells (run `--grid deployment` or `python -m bench.deployment`)_\n")
+        add("_no deployment cells (run `--grid deployment` or `python -m bench.studies deployment`)_\n")
     add(f"**paper** (capacity {paper.PAPER_CAPACITY}; one LoRA file is 2.2 GB):\n")
     add(tables.paper_deployment_table() + "\n")
 

@@ -14,7 +14,7 @@ import torch
 
 from bench.chat import reset_endpoints
 from bench.config import BackboneConfig, LoraTrainConfig, SamplingConfig
-from bench.deployment import (
+from bench.studies.deployment.cell import (
     DeploymentRows,
     exact_requests,
     measure_routing,
@@ -23,7 +23,7 @@ from bench.deployment import (
     paraphrases,
     write_random_loras,
 )
-from bench.routers import ROUTERS, RouterUnavailable
+from bench.studies.deployment.routers import ROUTERS, RouterUnavailable
 from metrics.tiny import CannedJudgeServer
 
 

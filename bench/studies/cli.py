@@ -6,7 +6,7 @@
 * ``extension``: incremental extension -- a CollectionLoRA distilled on the first N effects is
   extended to M new effects (initialised from it, trained on the new ones); forgetting is the
   drop of the old effects' scores.
-* ``deployment``: the deployment-cost cells (bench/deployment.py) at chosen numbers of effects,
+* ``deployment``: the deployment-cost cells (bench/studies/deployment/cell.py) at chosen numbers of effects,
   run and stored like every grid cell (``python -m bench.run --grid deployment``: the paper's Ns
   and the report).
 

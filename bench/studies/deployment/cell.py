@@ -7,7 +7,7 @@ For N effects served, one :class:`bench.cells.DeploymentCell` measures:
   are written through ``methods.lora.save_lora`` at the run's configured ranks and target
   modules and ``stat``-ed; their weights are random (a file's size depends only on its shapes,
   so trained files have the same size) -- the rows say so in ``note``.
-* **routing**: latency per request and accuracy of each router (``bench/routers.py``) on
+* **routing**: latency per request and accuracy of each router (``bench/studies/deployment/routers.py``) on
   paraphrased instructions (:func:`paraphrases`). Baseline routes among N effects. Ours needs no
   router while one CollectionLoRA holds every effect (latency 0 because no call is made,
   accuracy 100%); beyond the capacity the same router picks an effect and the request is right
@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from bench.config import LoraTrainConfig
-from bench.routers import ROUTERS, Candidate, RouterUnavailable
+from bench.studies.deployment.routers import ROUTERS, Candidate, RouterUnavailable
 
 RANDOM_NOTE = "adapter files of the configured shapes with random weights (file size depends only on shapes)"
 

@@ -1,0 +1,1 @@
+"""Deployment cost, measured (DESIGN 8; the paper's deployment table)."""
