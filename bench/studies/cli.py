@@ -1,14 +1,13 @@
-"""Studies beyond the paper's tables, written as tidy rows like every cell.
+"""``python -m bench.studies STUDY``: studies beyond the paper's tables, written as tidy rows like every cell.
 
-* ``composition``: zero-shot composition -- ``ours`` given "A then B" in one 8-step pass, against
-  chaining the teachers (teacher A at Base settings, then teacher B on its result). In the
-  synthetic world both are scored against the exact B(A(source)).
-* ``extension``: incremental extension -- a CollectionLoRA distilled on the first N effects is
-  extended to M new effects (initialised from it, trained on the new ones); forgetting is the
-  drop of the old effects' scores.
-* ``deployment``: the deployment-cost cells (bench/studies/deployment/cell.py) at chosen numbers of effects,
-  run and stored like every grid cell (``python -m bench.run --grid deployment``: the paper's Ns
-  and the report).
+* ``composition`` (bench/studies/composition.py): zero-shot composition -- ``ours`` given
+  "A then B" in one 8-step pass, against chaining the teachers. The synthetic world scores both
+  against the exact B(A(source)).
+* ``extension`` (bench/studies/extension.py): a CollectionLoRA distilled on the first N effects
+  is extended to M new ones; forgetting is the drop of the old effects' scores.
+* ``deployment`` (bench/studies/deployment/): the deployment-cost cells at chosen numbers of
+  effects, run and stored like every grid cell (``python -m bench.run --grid deployment``: the
+  paper's Ns and the report).
 
     python -m bench.studies composition --preset smoke --pairs 2
     python -m bench.studies extension --preset smoke --new 1
@@ -19,130 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, RunConfig, apply_overrides, config_hash
-from bench.data.effectbench import EffectSpec
-from bench.evaluate import evaluate
 from bench.store import ResultStore
+from bench.studies.composition import composition
+from bench.studies.extension import extension
 from bench.workspace import Workspace
-from methods import EditOutput, Method
-from methods.adapters import AdapterBank
-from methods.distill import distilled_lora, edit_with
-from methods.dmd import Objectives
-from methods.lora import load_lora
 from methods.ours import Components
-from metrics import METRICS, EvalBatch
 from reports.tables import means_table
-
-
-def _ours_lora(ws: Workspace, effects: list[EffectSpec], init: Path | None = None) -> Path:
-    cfg = ws.cfg.distill
-    return distilled_lora(ws, kind="collectionlora", cfg=cfg, effects=effects, p_switch=cfg.p_switch,
-                          objectives=Objectives(), student_prompt=lambda e: e.recaption_prompt_with_trigword,
-                          seed=ws.cfg.seed, init_student=init,
-                          label=f"CollectionLoRA on {len(effects)} effects" + (" (extension)" if init else ""))
-
-
-def compose_prompt(a: EffectSpec, b: EffectSpec) -> str:
-    # Triggers first: the synthetic text encoder keeps the first tokens of a long prompt.
-    return f"{a.trigger} then {b.trigger}, {a.description} then {b.description}"
-
-
-def composition(ws: Workspace, pairs: int) -> pd.DataFrame:
-    effects = list(ws.bench.effects)
-    if len(effects) < 2:
-        raise ValueError("composition needs at least 2 effects (--effects)")
-    chosen = [(effects[i], effects[(i + 1) % len(effects)]) for i in range(min(pairs, len(effects)))]
-    lora = _ours_lora(ws, effects)
-    bb = ws.load_backbone()
-    load_lora(bb.transformer, lora, "ours")
-    bank = AdapterBank(bb.transformer)
-    for e in effects:
-        bank.add_teacher(e.lora_name, ws.teacher_dir(e))
-    exact = None
-    if ws.cfg.world.kind == "synthetic":
-        from bench.synthetic.effects import build_effects, effects_by_name
-        exact = effects_by_name(build_effects(ws.cfg.world.seed))
-    s, limit = ws.cfg.sampling, ws.cfg.eval.limit
-    records = []
-    for a, b in chosen:
-        tests = [t for t in ws.bench.test_rows(a.lora_name)][:limit]
-        src = ws.images([t.source_image for t in tests])
-        gen = lambda: torch.Generator().manual_seed(zlib.crc32(f"{a.lora_name}+{b.lora_name}".encode()))  # noqa: E731
-        ours, nfe_ours = edit_with(bb, bank, ("ours",), src, compose_prompt(a, b), steps=s.fast_steps,
-                                   shift=s.shift, cfg_scale=1.0, generator=gen(), sampler=s.dmd_sampler)
-        mid, nfe_a = edit_with(bb, bank, (a.lora_name,), src, a.prompt, steps=s.base_steps, shift=s.shift,
-                               cfg_scale=s.base_cfg, generator=gen(), sampler="euler")
-        chain, nfe_b = edit_with(bb, bank, (b.lora_name,), mid, b.prompt, steps=s.base_steps, shift=s.shift,
-                                 cfg_scale=s.base_cfg, generator=gen(), sampler="euler")
-        truth = None
-        if exact is not None:
-            truth = torch.stack([torch.from_numpy(exact[b.lora_name].apply(exact[a.lora_name].apply(
-                x.permute(1, 2, 0).numpy()))).permute(2, 0, 1) for x in src])
-        for method, out, nfe in (("ours (A then B, one pass)", ours, nfe_ours),
-                                 ("teacher A -> teacher B", chain, nfe_a + nfe_b)):
-            batch = EvalBatch(out, src, [f"{a.prompt} then {b.prompt}"] * len(src), truth)
-            scores = {"to_teacher_chain_mae": (out - chain).abs().flatten(1).mean(1).tolist(), "nfe": [nfe] * len(src)}
-            if truth is not None:
-                for name in ("gt_psnr", "gt_mae"):
-                    scores[name] = METRICS.get(name)().score(batch)
-            for metric, values in scores.items():
-                for i, v in enumerate(values):
-                    records.append({"method": method, "effect": f"{a.lora_name}+{b.lora_name}",
-                                    "family": f"{a.family}+{b.family}", "category": a.data_type, "sample": i,
-                                    "metric": metric, "value": float(v),
-                                    "higher_is_better": metric == "gt_psnr"})
-    return pd.DataFrame.from_records(records)
-
-
-class _FixedLoRA(Method):
-    """Evaluate a given CollectionLoRA file like ``ours`` does (8 steps, student prompt)."""
-
-    name = "ours"
-
-    def __init__(self, ws: Workspace, lora: Path, label: str) -> None:
-        super().__init__(ws, Components())
-        self.lora, self.label = lora, label
-
-    def prepare(self, effects: list[EffectSpec]) -> None:
-        self.bb = self.ws.load_backbone()
-        load_lora(self.bb.transformer, self.lora, "ours")
-        self.bank = AdapterBank(self.bb.transformer)
-
-    def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
-        s = self.ws.cfg.sampling
-        prompt = effect.recaption_prompt_with_trigword
-        images, nfe = edit_with(self.bb, self.bank, ("ours",), sources, prompt, steps=s.fast_steps,
-                                shift=s.shift, cfg_scale=1.0, generator=generator, sampler=s.dmd_sampler)
-        return EditOutput(images, nfe, prompt, s.dmd_sampler)
-
-
-def extension(ws: Workspace, n_new: int) -> pd.DataFrame:
-    all_effects = list(ws.full_bench.select(ws.cfg.n_effects + n_new).effects)
-    old, new = all_effects[: ws.cfg.n_effects], all_effects[ws.cfg.n_effects:]
-    original = _ours_lora(ws, old)
-    extended = _ours_lora(ws, new, init=original)
-    metrics = [METRICS.get(m)() for m in ("gt_psnr", "gt_mae", "src_ssim")]
-    frames = []
-    for label, lora, bench in (("original", original, ws.bench), ("extended", extended, ws.bench),
-                               ("extended", extended, ws.full_bench.select(names=[e.lora_name for e in new]))):
-        method = _FixedLoRA(ws, lora, label)
-        method.prepare([])
-        sub = Workspace(ws.cfg, ws.cache)
-        sub.__dict__["bench"] = bench  # evaluate these effects with the same data and cache
-        rows = evaluate(method, sub, metrics, run="extension")
-        rows["method"] = f"ours ({label}: {len(old)} old" + (f" + {len(new)} new)" if label == "extended" else ")")
-        rows["effect_set"] = "new" if bench is not ws.bench else "old"
-        frames.append(rows)
-    return pd.concat(frames, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +88,3 @@ def deployment(args: argparse.Namespace) -> int:
     print(deployment_table(pd.concat(rows, ignore_index=True)))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

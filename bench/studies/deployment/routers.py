@@ -2,7 +2,7 @@
 
 The conventional multi-LoRA pipeline must route every request to one of N per-effect LoRAs
 before it can load it; CollectionLoRA needs a router only when more than one CollectionLoRA is
-deployed (N > capacity). ``bench/studies/deployment/cell.py`` times routers and scores them on paraphrased
+deployed (N > capacity). ``routing.py`` times routers and scores them on paraphrased
 instructions.
 
 * ``exact``      the request contains an effect's trigger word or its exact instruction.
