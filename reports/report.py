@@ -41,7 +41,7 @@ from reports.grids_images import GridColumn, image_grid, result_images
 CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints",
                    "distill.snapshot_every")
 PAPER_METHODS = ("base", "lightning", "fm_all_in_1", "ours")
-# bench/deployment.PeakMemory kinds, as a reader needs them
+# bench/studies/deployment/measure.PeakMemory kinds, as a reader needs them
 MEMORY_NOTES = {"process_peak_rss": "peak resident memory of the whole process, sampled during the request (CPU; "
                                     "dominated by the framework, so not ranked)",
                 "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the request (GPU)"}
