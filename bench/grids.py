@@ -35,6 +35,7 @@ the shorter cells find it cached. Cells run longest first, so a curve costs one 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -97,8 +98,12 @@ def sizes(base: RunConfig) -> GridSizes:
     return SIZES.get(base.preset, PAPER_SIZES)
 
 
-def main_effects(base: RunConfig) -> int:
-    """Effects of the 50-in-1 experiments: the paper's size, unless ``--effects`` changed it."""
+def main_effects(base: RunConfig, n: int | None = None) -> int:
+    """Effects of the 50-in-1 experiments: ``n`` (``--effects N``, even when N is the preset's
+    own default) if given, else ``base.n_effects`` where it differs from the preset's, else the
+    paper's size."""
+    if n is not None:
+        return n
     default = PRESETS.get(base.preset)().n_effects if base.preset in PRESETS else None
     return base.n_effects if default is not None and base.n_effects != default else sizes(base).main_effects
 
@@ -129,9 +134,9 @@ def main_methods() -> list[str]:
 
 
 @GRIDS.register("main")
-def main(base: RunConfig) -> list[RunConfig]:
+def main(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """Table 1: every method on the 50-in-1 effects (merge baselines included when registered)."""
-    n = main_effects(base)
+    n = main_effects(base, main_n)
     return [_cell(base, m, n=n) for m in main_methods()]
 
 
@@ -143,9 +148,9 @@ def scaling(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) 
 
 
 @GRIDS.register("ablation")
-def ablation(base: RunConfig) -> list[RunConfig]:
+def ablation(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """The paper's five ablation rows over PDSR / AOP / TS / TA-FM (50-in-1)."""
-    n = main_effects(base)
+    n = main_effects(base, main_n)
     return [_cell(base, "ours", n=n, off=off) for off in ABLATION_ROWS]
 
 
@@ -158,9 +163,9 @@ def curve_steps(total: int, points: int) -> list[int]:
 
 
 @GRIDS.register("curves")
-def curves(base: RunConfig) -> list[RunConfig]:
+def curves(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """Training curves: ours and its ablations evaluated every K distillation steps (one cell per point)."""
-    n = main_effects(base)
+    n = main_effects(base, main_n)
     points = sizes(base).curve_points
     steps = curve_steps(base.distill.steps, points)
     every = base.distill.steps // max(1, min(points, base.distill.steps))
@@ -180,13 +185,19 @@ def deployment(base: RunConfig) -> list[DeploymentCell]:
 
 
 @GRIDS.register("paper")
-def paper(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[Any]:
+def paper(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None,
+          main_n: int | None = None) -> list[Any]:
     """Everything the paper reports: main, scaling, ablation, curves, deployment (each cell once)."""
-    return _unique(c for part in PAPER_PARTS for c in _part(part, base, scaling_effects))
+    return _unique(c for part in PAPER_PARTS for c in _part(part, base, scaling_effects=scaling_effects,
+                                                          main_n=main_n))
 
 
-def _part(name: str, base: RunConfig, scaling_effects: tuple[int, ...] | None) -> list[Any]:
-    return GRIDS.get(name)(base, scaling_effects=scaling_effects) if name == "scaling" else GRIDS.get(name)(base)
+def _part(name: str, base: RunConfig, **options: Any) -> list[Any]:
+    """Grid ``name``'s cells, handing on only the options it takes (a grid registered elsewhere
+    may take none) and only those given."""
+    grid = GRIDS.get(name)
+    takes = inspect.signature(grid).parameters
+    return grid(base, **{k: v for k, v in options.items() if v is not None and k in takes})
 
 
 @GRIDS.register("methods")
@@ -201,19 +212,21 @@ class GridCell(NamedTuple):
     tags: tuple[str, ...]
 
 
-def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) -> list[GridCell]:
+def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None,
+               main_n: int | None = None) -> list[GridCell]:
     """The cells of grid ``name`` made from ``base``, tagged (``TAGS``); ``scaling_effects``
-    (``--scaling-effects``) applies to the grids that hold the scaling study only."""
+    (``--scaling-effects``) applies to the grids that hold the scaling study only, ``main_n``
+    (``--effects N``) is the number of effects of the main / ablation / curves experiments."""
     from bench.store import cell_id
 
-    grid = GRIDS.get(name)
     if scaling_effects and name not in ("scaling", "paper"):
         raise ValueError(f"--scaling-effects applies to --grid scaling or paper, not {name!r}")
-    cells = grid(base, scaling_effects=scaling_effects) if scaling_effects else grid(base)
+    options = {"scaling_effects": scaling_effects, "main_n": main_n}
+    cells = _part(name, base, **options)
     tags: dict[str, set[str]] = {}
     for part in PAPER_PARTS if name == "paper" else (name,):
         if part in TAGS:
-            for c in _part(part, base, scaling_effects):
+            for c in _part(part, base, **options):
                 tags.setdefault(cell_id(c), set()).add(TAGS[part])
     return [GridCell(c, tuple(sorted(tags.get(cell_id(c), ())))) for c in cells]
 

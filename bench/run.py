@@ -115,6 +115,8 @@ def _main(args: argparse.Namespace) -> int:
             return print_status(args.status)
         cfg = runner.resolve_config(args)
         scaling_effects = _effect_counts(args.scaling_effects)
+        # --effects N with a grid: N effects in its 50-in-1 experiments (main, ablation, curves)
+        main_n = cfg.n_effects if args.grid and args.effects is not None and args.effects.isdigit() else None
         print(set_threads(args.threads), flush=True)
     except (UnknownNameError, ValueError) as err:
         raise UsageError(str(err)) from err
@@ -129,13 +131,14 @@ def _main(args: argparse.Namespace) -> int:
     if (args.executor or "local") != "local":  # submitit jobs by stage (slurm/dispatch.py)
         from slurm.dispatch import run_cli
 
-        cells = grid_cells(args.grid, cfg, scaling_effects=scaling_effects) if args.grid else [GridCell(cfg, ())]
+        cells = (grid_cells(args.grid, cfg, scaling_effects=scaling_effects, main_n=main_n) if args.grid
+                 else [GridCell(cfg, ())])
         return run_cli(cells, Path(args.out), args.cache, executor=args.executor, slurm=slurm,
                        name=args.grid or cfg.method, force=args.force, wait=args.wait)
     cache = ArtifactCache(args.cache)
     if args.grid:
         return runner.run_grid(args.grid, cfg, Path(args.out), cache, force=args.force,
-                               scaling_effects=scaling_effects)
+                               scaling_effects=scaling_effects, main_n=main_n)
     rows = runner.run_cell(cfg, Path(args.out), cache, force=args.force)
     if rows is None:  # a rank other than 0 of a data-parallel run: rank 0 reports
         return 0

@@ -159,7 +159,7 @@ def _prepare(ws):  # noqa: ANN001, ANN202 -- a checked Workspace (the one run_ce
 
 
 def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, force: bool = False,
-             scaling_effects: tuple[int, ...] | None = None) -> int:
+             scaling_effects: tuple[int, ...] | None = None, main_n: int | None = None) -> int:
     """Run every cell of a grid in this process, then write the markdown report (``<out>/report.md``).
 
     Each cell is stored with its grid's tags (``bench.grids.grid_cells``), so the report puts it
@@ -171,7 +171,7 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
     """
     import traceback
 
-    cells = grid_cells(name, base, scaling_effects=scaling_effects)
+    cells = grid_cells(name, base, scaling_effects=scaling_effects, main_n=main_n)
     print(f"grid {name}: {len(cells)} cells -> {out}")
     started = time.perf_counter()
     store = ResultStore(out)

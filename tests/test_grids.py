@@ -229,3 +229,17 @@ def test_each_grid_tags_its_cells_with_its_table_and_paper_with_every_part(smoke
     vanilla = cell_id(replace(smoke, method="ours", components_off=tuple(sorted(ABLATION_ROWS[0]))))
     assert paper[vanilla] == ("ablation", "curves")
 
+
+
+def test_effects_n_sets_the_50_in_1_experiments_even_at_the_presets_own_default():
+    """``--effects 10 --grid ablation`` on the default preset (whose own n_effects is 10) means 10
+    effects, not the paper's 50; without it the paper's size stays."""
+    from bench.config import PRESETS
+    from bench.grids import grid_cells
+
+    synth = PRESETS.get("synth")()
+    assert {c.cell.n_effects for c in grid_cells("ablation", synth)} == {50}
+    for grid in ("ablation", "main", "curves"):
+        assert {c.cell.n_effects for c in grid_cells(grid, synth, main_n=10)} == {10}, grid
+    paper = grid_cells("paper", synth, main_n=10, scaling_effects=(10, 20))
+    assert {c.cell.n_effects for c in paper if "ablation" in c.tags} == {10}
