@@ -24,7 +24,7 @@ from bench.config import RunConfig
 class DeploymentCell:
     """A measurement cell (no training): deployment cost of serving ``n_effects`` effects.
 
-    ``run(out, cache)`` returns tidy rows (bench/deployment.py). ``method`` / ``components_off``
+    ``run(out, cache)`` returns tidy rows (bench/studies/deployment/cell.py). ``method`` / ``components_off``
     let grid runners print it like a RunConfig cell.
     """
     base: RunConfig
@@ -50,7 +50,7 @@ class DeploymentCell:
 
     def run(self, out: Path, cache: Any) -> Any:
         # imported here: measuring needs a backbone, describing or rebuilding a cell does not
-        from bench.deployment import measure_deployment
+        from bench.studies.deployment.cell import measure_deployment
 
         return measure_deployment(self, out=Path(out), cache=cache)
 

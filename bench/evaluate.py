@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.effectbench import save_image
+from bench.data.image_io import save_image
 from bench.progress import progress
 from bench.workspace import Workspace
 from methods import Method
@@ -24,7 +24,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
              image_dir: Path | None = None, limit: int | None = None, draws: int | None = None) -> pd.DataFrame:
     """Edit every effect's test sources with ``method`` and score the results: tidy rows, one per
     sample, draw and metric (plus NFE). ``limit`` / ``draws`` override ``eval.limit`` /
-    ``eval.draws`` (bench.tune scores students mid-training on a few samples this way)."""
+    ``eval.draws`` (bench.studies.tune scores students mid-training on a few samples this way)."""
     cfg = ws.cfg
     components = dataclasses.asdict(method.components) if method.components is not None else {}
     ident = {

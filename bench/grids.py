@@ -11,7 +11,7 @@ Grids and what they reproduce:
 * ``scaling``     LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects
 * ``ablation``    component ablation: the paper's five rows over PDSR / AOP / TS / TA-FM
 * ``curves``      training curves: ``ours`` and its ablations evaluated every K distillation steps
-* ``deployment``  deployment cost at 10 / 20 / 50 / 100 / 150 effects (measured, bench/deployment.py)
+* ``deployment``  deployment cost at 10 / 20 / 50 / 100 / 150 effects (measured, bench/studies/deployment/)
 * ``paper``       all of the above, each cell once
 * ``methods``     the four paper methods on the run's own effects (a quick comparison)
 

@@ -18,15 +18,14 @@ import argparse
 import dataclasses
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench import runner
 from bench.cache import ArtifactCache
-from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges, to_json
+from bench.config import PRESETS, to_json
 from bench.errors import KNOWN_ERRORS
 from bench.grids import GRIDS, GridCell, grid_cells
-from bench.registry import UnknownNameError, parse_names
+from bench.registry import UnknownNameError
 from bench.threads import set_threads
 
 
@@ -75,38 +74,6 @@ def _effect_counts(text: str | None) -> tuple[int, ...] | None:
     return counts
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Preset + flags + overrides -> the run's config. Fails fast on any unknown name."""
-    from methods import METHODS, resolve_components
-
-    cfg: RunConfig = PRESETS.get(args.preset)()
-    method = METHODS.canonical(args.method)
-    off = parse_names(args.ablate, lambda name: None)
-    resolve_components(METHODS.get(method), off)  # validates component names
-    cfg = replace(cfg, method=method, components_off=tuple(sorted(off)))
-    if args.seed is not None:
-        cfg = replace(cfg, seed=args.seed)
-    if args.effects is not None:
-        if args.effects.isdigit():
-            cfg = replace(cfg, n_effects=int(args.effects))
-        else:  # a manifest: run every effect it lists
-            path = Path(args.effects)
-            root = path.parent if path.suffix == ".jsonl" else path
-            if not (root / "effects.jsonl").exists():
-                raise ValueError(f"--effects {args.effects}: no effects.jsonl at {root}")
-            n = sum(1 for line in (root / "effects.jsonl").read_text().splitlines() if line.strip())
-            cfg = replace(cfg, n_effects=n, world=replace(cfg.world, kind="effectbench", root=str(root)))
-    if args.limit is not None:
-        cfg = replace(cfg, eval=replace(cfg.eval, limit=args.limit))
-    cfg = apply_overrides(cfg, args.overrides)
-    check_ranges(cfg)
-    from metrics import METRICS
-
-    for name in cfg.eval.metrics:
-        METRICS.canonical(name)
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     """The CLI. A known error (bench/errors.py) is one ``error:`` line and exit status 1
     (``--debug``: the traceback); Ctrl-C says what is kept and how to go on."""
@@ -146,7 +113,7 @@ def _main(args: argparse.Namespace) -> int:
                 resubmit_failed(args.status, executor=args.executor, wait=args.wait,
                                 slurm=slurm if args.slurm_overrides else None)
             return print_status(args.status)
-        cfg = resolve_config(args)
+        cfg = runner.resolve_config(args)
         scaling_effects = _effect_counts(args.scaling_effects)
         # --effects N with a grid: N effects in its 50-in-1 experiments (main, ablation, curves)
         main_n = cfg.n_effects if args.grid and args.effects is not None and args.effects.isdigit() else None

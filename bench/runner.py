@@ -1,7 +1,7 @@
-"""The runner: run one cell, or a grid of cells in this process, and store their rows.
+"""The runner: resolve a run's config, run one cell, or a grid of cells in this process, and store their rows.
 
 ``run_cell`` is the one way a cell runs -- from the CLI (bench/run.py), in a submitted job
-(slurm/dispatch.py ``CellJob``), in a tuning trial (bench/tune.py) and in a study -- so every
+(slurm/dispatch.py ``CellJob``), in a tuning trial (bench/studies/tune.py) and in a study -- so every
 cell is skipped when finished, written config first and rows last, the same everywhere.
 ``run_grid`` runs a grid's cells one after the other here, then writes the report; submitting
 a grid as jobs instead is slurm/dispatch.py's.
@@ -12,14 +12,17 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from bench.cache import ArtifactCache
 from bench.cells import Cell, describe, is_measurement
-from bench.config import RunConfig
+from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges
 from bench.grids import grid_cells
+from bench.registry import parse_names
 from bench.store import ResultStore, UnreadableRowsError, cell_id
 
 
@@ -27,6 +30,41 @@ def quiet_expected_warnings() -> None:
     """Several adapters on one transformer is the design (student, critic, teacher bank), so
     peft's warning about a second adapter tells a user nothing (pyproject.toml silences it in tests)."""
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+
+
+def resolve_config(args: Any) -> RunConfig:
+    """Preset + flags + overrides -> the run's config. Fails fast on any unknown name.
+
+    ``args`` carries the flags both CLIs share (``bench.run`` and ``bench.studies.tune`` parse
+    them): ``preset, method, ablate, seed, effects, limit, overrides``."""
+    from methods import METHODS, resolve_components
+
+    cfg: RunConfig = PRESETS.get(args.preset)()
+    method = METHODS.canonical(args.method)
+    off = parse_names(args.ablate, lambda name: None)
+    resolve_components(METHODS.get(method), off)  # validates component names
+    cfg = replace(cfg, method=method, components_off=tuple(sorted(off)))
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    if args.effects is not None:
+        if args.effects.isdigit():
+            cfg = replace(cfg, n_effects=int(args.effects))
+        else:  # a manifest: run every effect it lists
+            path = Path(args.effects)
+            root = path.parent if path.suffix == ".jsonl" else path
+            if not (root / "effects.jsonl").exists():
+                raise ValueError(f"--effects {args.effects}: no effects.jsonl at {root}")
+            n = sum(1 for line in (root / "effects.jsonl").read_text().splitlines() if line.strip())
+            cfg = replace(cfg, n_effects=n, world=replace(cfg.world, kind="effectbench", root=str(root)))
+    if args.limit is not None:
+        cfg = replace(cfg, eval=replace(cfg.eval, limit=args.limit))
+    cfg = apply_overrides(cfg, args.overrides)
+    check_ranges(cfg)
+    from metrics import METRICS
+
+    for name in cfg.eval.metrics:
+        METRICS.canonical(name)
+    return cfg
 
 
 def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False,

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.config import config_hash, result_dict, to_dict
-from bench.effectbench import world_identity
+from bench.data.identity import world_identity
 
 CONFIG = "config.json"
 META = "cell.json"

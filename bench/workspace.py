@@ -16,14 +16,11 @@ import torch
 
 from bench.cache import ArtifactCache, ArtifactSpec, files_fingerprint
 from bench.config import RunConfig
-from bench.effectbench import (
-    EffectBench,
-    EffectBenchError,
-    EffectSpec,
-    load_effectbench,
-    load_image,
-    world_identity,
-)
+from bench.data.effectbench import EffectBench, EffectSpec
+from bench.data.errors import EffectBenchError
+from bench.data.identity import world_identity
+from bench.data.image_io import load_image
+from bench.data.loader import load_effectbench
 from bench.errors import MissingInputsError
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs
@@ -60,7 +57,7 @@ class Workspace:
         if world.kind == "effectbench" and not world.root:
             problems.append("dataset: world.kind=effectbench needs an EffectBench directory: give world.root=PATH "
                             "or --effects PATH (effects.jsonl, train.jsonl, test.jsonl and their images; the "
-                            "format is in bench/effectbench.py)")
+                            "format is in bench/data/effectbench.py)")
         elif world.kind == "effectbench" and not Path(world.root).is_dir():
             problems.append(f"dataset: world.root {world.root}: no such directory")
         else:

@@ -37,7 +37,8 @@ import torch
 
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, LoraTrainConfig, apply_overrides
-from bench.deployment import fuse_collection, load_adapter, quiet_loaders, write_random_loras
+from bench.studies.deployment.serving import fuse_collection, load_adapter, quiet_loaders
+from bench.studies.deployment.storage import write_random_loras
 from bench.workspace import Workspace
 from methods.backbones import BACKBONES
 from methods.flow import generate

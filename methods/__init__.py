@@ -19,7 +19,7 @@ from bench.registry import Registry, UnknownNameError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from bench.effectbench import EffectSpec
+    from bench.data.effectbench import EffectSpec
     from bench.workspace import Workspace
 
 

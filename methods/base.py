@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods import EditOutput, Method
 from methods.adapters import AdapterBank
 from methods.distill import edit_with

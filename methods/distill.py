@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from bench.cache import ArtifactSpec
 from bench.config import DistillConfig, result_dict
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods import distributed
 from methods.adapters import AdapterBank
 from methods.dmd import ENGINE_VERSION, DMDTrainer, Objectives, TrainerCallback

@@ -104,7 +104,7 @@ _OBSERVERS: ContextVar[tuple[TrainerCallback, ...]] = ContextVar("dmd_observers"
 @contextmanager
 def observe(*callbacks: TrainerCallback) -> Iterator[None]:
     """Attach callbacks to every DMDTrainer created inside the block, however deep in the call
-    stack (e.g. ``bench.tune`` scores the student of the cell it runs at every checkpoint)."""
+    stack (e.g. ``bench.studies.tune`` scores the student of the cell it runs at every checkpoint)."""
     token = _OBSERVERS.set(_OBSERVERS.get() + callbacks)
     try:
         yield

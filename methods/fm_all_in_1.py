@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import ArtifactSpec
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods.fm import EditPairs
 from methods.lightning import StackedWithLightning
 from methods.teachers import teacher_identity, teacher_outputs, train_teacher

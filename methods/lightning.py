@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods import EditOutput, Method
 from methods.base import Base
 from methods.distill import edit_with, lightning_lora

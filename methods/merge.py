@@ -12,7 +12,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 
 from bench.cache import ArtifactSpec
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods.adapters import AdapterBank
 from methods.lightning import StackedWithLightning
 from methods.lora import save_lora

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.effectbench import EffectSpec
+from bench.data.effectbench import EffectSpec
 from methods import EditOutput, Method
 from methods.adapters import AdapterBank
 from methods.distill import distilled_lora, edit_with
@@ -54,7 +54,7 @@ class CollectionLoRA(Method):
 
     def serve(self, backbone, bank: AdapterBank, adapter: str) -> None:  # noqa: ANN001
         """Edit with ``adapter`` of ``backbone``: the student ``prepare`` loaded, or one still in
-        training (bench.tune scores the DMD trainer's student at its checkpoints this way)."""
+        training (bench.studies.tune scores the DMD trainer's student at its checkpoints this way)."""
         self.backbone, self.bank, self.adapter = backbone, bank, adapter
 
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:

@@ -41,7 +41,7 @@ from reports.grids_images import GridColumn, image_grid, result_images
 CURVE_FREE_KEYS = ("distill.steps", "distill.checkpoint_every", "distill.keep_checkpoints",
                    "distill.snapshot_every")
 PAPER_METHODS = ("base", "lightning", "fm_all_in_1", "ours")
-# bench/deployment.PeakMemory kinds, as a reader needs them
+# bench/studies/deployment/measure.PeakMemory kinds, as a reader needs them
 MEMORY_NOTES = {"process_peak_rss": "peak resident memory of the whole process, sampled during the request (CPU; "
                                     "dominated by the framework, so not ranked)",
                 "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated during the request (GPU)"}
@@ -411,7 +411,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         if p:
             add(f"![Deployment cost vs number of effects]({rel(p)})\n")
     else:
-        add("_no deployment cells (run `--grid deployment` or `python -m bench.deployment`)_\n")
+        add("_no deployment cells (run `--grid deployment` or `python -m bench.studies deployment`)_\n")
     add(f"**paper** (capacity {paper.PAPER_CAPACITY}; one LoRA file is 2.2 GB):\n")
     add(tables.paper_deployment_table() + "\n")
 
@@ -536,7 +536,7 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
     root = dataset_root(shown[0].config, opts.cache)
     bench = None
     if root is not None:
-        from bench.effectbench import load_effectbench
+        from bench.data.loader import load_effectbench
 
         bench = load_effectbench(root)
     effects = list(dict.fromkeys(shown[0].rows["effect"]))[: opts.grid_effects]

@@ -7,7 +7,7 @@ Executor kinds (``--executor``):
 * ``local``: ``submitit.LocalExecutor``, jobs are subprocesses of this machine (timeouts and
   checkpoint/requeue work as on SLURM; no dependencies, so stages run one after the other).
   ``python -m bench.run --executor local`` keeps running cells in its own process instead
-  (no submitit); this kind is what ``bench.tune`` and the dispatcher's API use.
+  (no submitit); this kind is what ``bench.studies.tune`` and the dispatcher's API use.
 * ``debug``: ``submitit.DebugExecutor``, jobs run inside this process when waited on.
 
 Every job gets its own log folder ``<logs>/<stage>/<job id>/`` (submitit's ``%j``), holding

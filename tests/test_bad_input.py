@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from bench.cache import ArtifactCache, ArtifactSpec
 from bench.cells import DeploymentCell
 from bench.config import PRESETS, BackboneConfig, LoraTrainConfig
-from bench.effectbench import EffectSpec, TrainRow
+from bench.data.effectbench import EffectSpec, TrainRow
 from bench.errors import NonFiniteError
 from bench.store import COLUMNS, ResultStore, cell_id
 from methods.adapters import AdapterBank, LoraMismatchError

@@ -130,7 +130,7 @@ def test_list_methods_and_metrics(capsys):
 @pytest.mark.e2e
 @pytest.mark.parametrize("study, extra", [("composition", ["--pairs", "1"]), ("extension", ["--new", "1"])])
 def test_studies_write_rows(study, extra, tmp_path, cache_dir, capsys):
-    from bench.studies import main as studies
+    from bench.studies.cli import main as studies
 
     out = tmp_path / "runs"
     assert studies([study, "--preset", "smoke", "--effects", "2", "--limit", "2", "--out", str(out),
@@ -145,7 +145,8 @@ def test_studies_write_rows(study, extra, tmp_path, cache_dir, capsys):
 
 
 def test_effects_accepts_a_manifest_path(tmp_path):
-    from bench.run import build_parser, resolve_config
+    from bench.run import build_parser
+    from bench.runner import resolve_config
 
     (tmp_path / "effects.jsonl").write_text('{"lora_name": "a"}\n{"lora_name": "b"}\n')
     cfg = resolve_config(build_parser().parse_intermixed_args(["--effects", str(tmp_path / "effects.jsonl")]))

@@ -14,16 +14,11 @@ import torch
 
 from bench.chat import reset_endpoints
 from bench.config import BackboneConfig, LoraTrainConfig, SamplingConfig
-from bench.deployment import (
-    DeploymentRows,
-    exact_requests,
-    measure_routing,
-    measure_serving,
-    measure_storage,
-    paraphrases,
-    write_random_loras,
-)
-from bench.routers import ROUTERS, RouterUnavailable
+from bench.studies.deployment.measure import DeploymentRows
+from bench.studies.deployment.routers import ROUTERS, RouterUnavailable
+from bench.studies.deployment.routing import exact_requests, measure_routing, paraphrases
+from bench.studies.deployment.serving import measure_serving
+from bench.studies.deployment.storage import measure_storage, write_random_loras
 from metrics.tiny import CannedJudgeServer
 
 

@@ -1,4 +1,4 @@
-"""Tests for bench/effectbench.py: the EffectBench loader and its error reporting."""
+"""Tests for bench/data/: the EffectBench loader (bench/data/loader.py) and its error reporting."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.effectbench import (
-    EffectBench,
-    EffectBenchError,
-    UnknownEffectError,
-    load_effectbench,
-    load_image,
-    read_jsonl,
-    save_image,
-    write_jsonl,
-)
+from bench.data.effectbench import EffectBench
+from bench.data.errors import EffectBenchError, UnknownEffectError
+from bench.data.image_io import load_image, save_image
+from bench.data.jsonl import read_jsonl, write_jsonl
+from bench.data.loader import load_effectbench
 
 # ----------------------------------------------------------------------------- fixture
 

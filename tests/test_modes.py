@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.config import WorldConfig
-from bench.effectbench import load_effectbench
+from bench.data.loader import load_effectbench
 from bench.synthetic.effects import MIN_MODE_SEPARATION, build_effects, mode_separation
 from bench.synthetic.images import make_source
 from bench.synthetic.world import build_world, output_distribution
@@ -157,7 +157,7 @@ def test_draws_are_recorded_per_pair_and_reproducible_from_the_world_seed(tiny_w
     # each training target is exactly effect(source; its recorded draw)
     effects = {e.name: e for e in build_effects(0)}
     bench = load_effectbench(tiny_world)
-    from bench.effectbench import load_image
+    from bench.data.image_io import load_image
     for row in bench.train_rows(rows[0]["lora_name"]):
         e = effects[row.lora_name]
         expected = e.apply(load_image(row.source_image), row.extra["params"])

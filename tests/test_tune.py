@@ -15,9 +15,9 @@ import optuna
 import pandas as pd
 import pytest
 
-import bench.tune
+import bench.studies.tune
 from bench.config import PRESETS, apply_overrides
-from bench.tune import INTERMEDIATE, SPACE, load_study, metric_mean, run_study, write_study_report
+from bench.studies.tune import INTERMEDIATE, SPACE, load_study, metric_mean, run_study, write_study_report
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -60,7 +60,7 @@ class FakeTrial:
 
 
 def test_driver_reports_prunes_and_writes_table_and_plot(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(bench.tune, "TrialJob", FakeTrial)
+    monkeypatch.setattr(bench.studies.tune, "TrialJob", FakeTrial)
     out = tmp_path / "study"
     study = run_study(tiny(), out, str(tmp_path / "cache"), metric="gt_psnr", direction="maximize", trials=6,
                       parallel=1, space=["p_switch"], executor="local", poll_s=0.2, seed=3)
@@ -91,7 +91,7 @@ class InstantTrial:
 def test_resumed_study_continues_the_search_up_to_the_total(tmp_path: Path, monkeypatch) -> None:
     """--trials is the study's total, and a restart draws new parameters instead of replaying
     the first start's (the sampler used to be re-seeded identically on every start)."""
-    monkeypatch.setattr(bench.tune, "TrialJob", InstantTrial)
+    monkeypatch.setattr(bench.studies.tune, "TrialJob", InstantTrial)
     out = tmp_path / "study"
 
     def start(trials: int):
@@ -114,7 +114,7 @@ def test_a_laggard_is_pruned_and_its_job_cancelled(tmp_path: Path, monkeypatch) 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    monkeypatch.setattr(bench.tune, "TrialJob", FakeTrial)
+    monkeypatch.setattr(bench.studies.tune, "TrialJob", FakeTrial)
     out = tmp_path / "study"
     out.mkdir()
     storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
@@ -137,7 +137,7 @@ def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, caps
     # one draw per sample, as the intermediate scores take: the last checkpoint is the final student
     argv = ["--preset", "smoke", "--trials", "2", "--executor", "debug", "--space", "p_switch,lr", "--out", str(out),
             "--cache", str(tmp_path / "cache"), *[o for o in TINY], "eval.draws=1"]
-    assert bench.tune.main(argv) == 0
+    assert bench.studies.tune.main(argv) == 0
     study = load_study(out)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for t in study.trials:

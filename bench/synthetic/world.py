@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from bench.config import WorldConfig
-from bench.effectbench import save_image, write_jsonl
+from bench.data.image_io import save_image
+from bench.data.jsonl import write_jsonl
 from bench.synthetic.effects import Effect, build_effects
 from bench.synthetic.general import sample_general_edit
 from bench.synthetic.images import CATEGORIES, make_source

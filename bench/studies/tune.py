@@ -1,4 +1,4 @@
-"""``python -m bench.tune``: an optuna study over CollectionLoRA's distillation hyper-parameters.
+"""``python -m bench.studies.tune``: an optuna study over CollectionLoRA's distillation hyper-parameters.
 
 Each trial is one run cell (``bench.runner.run_cell``) submitted as a submitit job (``--executor
 local|debug|slurm``); its objective is the mean of ``--metric`` over the cell's result rows.
@@ -10,11 +10,11 @@ the command again resumes the study: ``--trials`` is its total, and the search g
 stored trials instead of replaying the first ones.
 
 Examples:
-  python -m bench.tune --preset smoke --trials 8 --parallel 2
-  python -m bench.tune --preset smoke --trials 12 --parallel 2   # the same study, 4 (or more) trials more
-  python -m bench.tune --preset smoke --metric gt_mode_mae --direction minimize --space p_switch,lr
-  python -m bench.tune --executor slurm --trials 32 --parallel 8 slurm.partition=gpu slurm.gpus_per_node=1
-  python -m bench.tune --report runs/tune                    # table + plot of an existing study
+  python -m bench.studies.tune --preset smoke --trials 8 --parallel 2
+  python -m bench.studies.tune --preset smoke --trials 12 --parallel 2   # the same study, 4 (or more) trials more
+  python -m bench.studies.tune --preset smoke --metric gt_mode_mae --direction minimize --space p_switch,lr
+  python -m bench.studies.tune --executor slurm --trials 32 --parallel 8 slurm.partition=gpu slurm.gpus_per_node=1
+  python -m bench.studies.tune --report runs/tune                    # table + plot of an existing study
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def load_study(out: Path, study_name: str = "tune"):  # noqa: ANN201
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.studies.tune", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="ours", help="method whose cells are tuned (default: ours)")
     p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
-    from bench.run import resolve_config
+    from bench.runner import resolve_config
     from methods import METHODS
     from metrics import METRICS
     from slurm.executors import split_slurm_overrides
@@ -390,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         slurm, _, args.overrides = split_slurm_overrides(args.overrides)
         base = resolve_config(args)
         if not hasattr(METHODS.get(base.method), "serve"):
-            raise ValueError(f"--method {base.method}: bench.tune searches CollectionLoRA's distill.* settings and "
-                             "scores its student while it trains; tune --method ours")
+            raise ValueError(f"--method {base.method}: bench.studies.tune searches CollectionLoRA's distill.* "
+                             "settings and scores its student while it trains; tune --method ours")
         metric_cls = METRICS.get(args.metric)
         space = [s.strip() for s in args.space.split(",") if s.strip()]
         unknown = [s for s in space if s not in SPACE]

@@ -2,7 +2,7 @@
 
 The conventional multi-LoRA pipeline must route every request to one of N per-effect LoRAs
 before it can load it; CollectionLoRA needs a router only when more than one CollectionLoRA is
-deployed (N > capacity). ``bench/deployment.py`` times routers and scores them on paraphrased
+deployed (N > capacity). ``routing.py`` times routers and scores them on paraphrased
 instructions.
 
 * ``exact``      the request contains an effect's trigger word or its exact instruction.
@@ -36,7 +36,7 @@ from bench.registry import Registry
 
 
 class Candidate(Protocol):
-    """What a router may look at (``bench.effectbench.EffectSpec`` satisfies it)."""
+    """What a router may look at (``bench.data.effectbench.EffectSpec`` satisfies it)."""
     lora_name: str
     prompt: str
     trigger: str | None
