@@ -1,6 +1,7 @@
 """End-to-end: the CLI as a user runs it, on the smoke preset (tiny models, built locally)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_ours_smoke_with_ablation_stores_components(tmp_path, cache_dir, capsys)
     out = tmp_path / "runs"
     assert main(["--method", "ours", "--ablate", "aop,ts", "--preset", "smoke", "--out", str(out),
                  "--cache", str(cache_dir), "distill.snapshot_every=20"]) == 0
-    assert "@ step 20 (snapshot) in" in capsys.readouterr().out
+    built = r"built +CollectionLoRA .* @ step 20 \(snapshot\) \(collectionlora/\w+\) in"
+    assert re.search(built, capsys.readouterr().out)
     rows = pd.read_parquet(next(out.glob("cells/*/rows.parquet")))
     assert set(rows["ablation"]) == {"aop,ts"}
     assert json.loads(rows["components"].iloc[0]) == {"pdsr": True, "aop": False, "ts": False, "tafm": True}
