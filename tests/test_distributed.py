@@ -77,6 +77,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e  # 30-75 s here (processes / a whole grid): out of plain pytest, in CI's -m ""
 def test_two_gloo_ranks_train_as_one_process_on_the_full_batch(tmp_path: Path) -> None:
     """The averaged shard gradients are the full-batch gradient, and ``train_flow_matching`` on
     2 ranks gives one process's loss curve and weights (Adam: a few steps, where float noise in

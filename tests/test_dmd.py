@@ -274,6 +274,7 @@ def _rank_worker(rank, world, init_file, tmp):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e  # 30-75 s here (processes / a whole grid): out of plain pytest, in CI's -m ""
 def test_two_gloo_ranks_train_the_single_process_student(tmp_path):
     """DMD data-parallel over 2 ranks (each half of every batch, averaged gradients) trains the
     same student as one process on the full batch, and both ranks hold the same weights."""

@@ -155,6 +155,7 @@ def _measured_rows(cell: DeploymentCell) -> pd.DataFrame:
                          for m, v in (("baseline", 1000.0 * (cell.n_effects + 1)), ("ours", 1000.0))])
 
 
+@pytest.mark.e2e  # 30-75 s here (processes / a whole grid): out of plain pytest, in CI's -m ""
 def test_grid_with_a_measurement_cell_runs_locally_and_is_reported(smoke, tmp_path, monkeypatch, capsys):
     """A deployment cell is stored like a training cell (config.json, rows, skipped once finished);
     a failing cell does not stop it, and the report written at the end names the failure."""

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -107,6 +108,7 @@ save_lora(bb.transformer, "effect", sys.argv[1])
 """
 
 
+@pytest.mark.e2e  # 30-75 s here (processes / a whole grid): out of plain pytest, in CI's -m ""
 def test_equal_loras_are_equal_files_whatever_the_hash_seed(tmp_path):
     """peft keeps target_modules as a set (order from PYTHONHASHSEED) and safetensors writes its
     metadata from a Rust HashMap (order random per process): both are written sorted."""
