@@ -27,6 +27,7 @@ from peft import LoraConfig
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+import methods.lora_formats as lora_formats
 from bench.cache import atomic_write, nonfinite_tensors, some
 from bench.config import LoraTrainConfig, config_hash
 from bench.errors import BenchError, NonFiniteError
@@ -148,8 +149,6 @@ def read_lora_file(file: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     refuses any key it does not understand, naming the file. A peft-keyed file takes its alpha
     from the ``adapter_config.json`` next to it.
     """
-    from methods import lora_formats
-
     file = Path(file)
     layout = lora_formats.file_layout(file)
     if layout not in CONVERTED_LAYOUTS:  # diffusers, or keys no layout fits: diffusers says what is wrong
