@@ -32,13 +32,8 @@ from bench.threads import set_threads
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="base", help="method name (see --list methods)")
-    p.add_argument("--preset", default="synth", help="config preset (see --list presets); default: synth")
-    p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
-    p.add_argument("--effects", default=None, metavar="N|PATH",
-                   help="use the first N effects, or an EffectBench effects.jsonl / directory (real data)")
-    p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
-    p.add_argument("--seed", type=int, default=None, help="training/sampling seed of the run")
+    runner.add_cell_arguments(p, method="base", preset="synth", method_help="method name (see --list methods)",
+                              seed_help="training/sampling seed of the run")
     p.add_argument("--out", default="runs", help="results directory (default: ./runs)")
     p.add_argument("--cache", default=None,
                    help="artifact cache (default: $BENCH_CACHE or ~/.cache/collectionlora-bench)")

@@ -32,6 +32,18 @@ def quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
 
 
+def add_cell_arguments(p: Any, *, method: str, preset: str, method_help: str, seed_help: str) -> None:
+    """The flags that choose a cell, shared by ``bench.run`` and ``bench.studies.tune`` (argparse
+    parser ``p``; defaults per CLI); :func:`resolve_config` reads them."""
+    p.add_argument("--method", default=method, help=method_help)
+    p.add_argument("--preset", default=preset, help=f"config preset (see --list presets); default: {preset}")
+    p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
+    p.add_argument("--effects", default=None, metavar="N|PATH",
+                   help="use the first N effects, or an EffectBench effects.jsonl / directory (real data)")
+    p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+
+
 def resolve_config(args: Any) -> RunConfig:
     """Preset + flags + overrides -> the run's config. Fails fast on any unknown name.
 

@@ -147,3 +147,13 @@ def test_tune_cli_runs_real_trials_with_intermediate_scores(tmp_path: Path, caps
         # scored mid-training by the cell's own evaluation: at step 4 it is the stored student's score
         assert t.intermediate_values[4] == pytest.approx(t.value, rel=1e-4)
     assert (out / "tune.png").exists() and "Best: trial" in capsys.readouterr().out
+
+
+def test_tune_takes_the_cell_flags_of_bench_run():
+    """``--effects N`` chose N effects in bench.run but crashed the tuner (an int has no isdigit):
+    both CLIs now declare the cell flags once (bench.runner.add_cell_arguments)."""
+    from bench.runner import resolve_config
+    from bench.studies.tune import build_parser
+
+    cfg = resolve_config(build_parser().parse_args(["--effects", "2", "--limit", "1", "--seed", "3"]))
+    assert (cfg.method, cfg.n_effects, cfg.eval.limit, cfg.seed) == ("ours", 2, 1, 3)

@@ -33,6 +33,7 @@ import submitit
 
 from bench.cache import ArtifactCache
 from bench.config import RunConfig
+from bench.runner import add_cell_arguments, resolve_config
 from bench.store import ResultStore, cell_id
 from methods.dmd import TrainerCallback, observe
 
@@ -344,12 +345,8 @@ def load_study(out: Path, study_name: str = "tune"):  # noqa: ANN201
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.studies.tune", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="ours", help="method whose cells are tuned (default: ours)")
-    p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
-    p.add_argument("--ablate", default=None, metavar="A,B", help="method components to switch off")
-    p.add_argument("--effects", type=int, default=None, metavar="N", help="use the first N effects")
-    p.add_argument("--limit", type=int, default=None, metavar="K", help="test samples per effect")
-    p.add_argument("--seed", type=int, default=None, help="training/sampling seed of every trial")
+    add_cell_arguments(p, method="ours", preset="smoke", method_help="method whose cells are tuned (default: ours)",
+                       seed_help="training/sampling seed of every trial")
     p.add_argument("--metric", default="gt_mode_psnr",
                    help="objective: mean of this metric's rows (default gt_mode_psnr)")
     p.add_argument("--direction", choices=["maximize", "minimize"], default=None,
@@ -375,7 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
-    from bench.runner import resolve_config
     from methods import METHODS
     from metrics import METRICS
     from slurm.executors import split_slurm_overrides
