@@ -41,8 +41,10 @@ class WorldConfig:
     n_general: int = 4096            # general-edit triples (pretraining + general stream)
     # Bumped when the synthetic world's generator changes what it writes, so cached worlds, bases
     # and cells of an older world are never reused. 2: stochastic effects, mode-aware test rows.
-    # 3: modes only where an op's own modes are well separated (no placement modes).
-    version: int = 3
+    # 3: modes only where an op's own modes are well separated (no placement modes). 4: modes
+    # only for spatial choices (checker phase added, 4 px checker cells), the general edits on
+    # their own random stream (the base key no longer follows the effects: ``general_identity``).
+    version: int = 4
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from bench.data.identity import world_identity
 from bench.data.image_io import load_image
 from bench.data.loader import load_effectbench
 from bench.errors import MissingInputsError
+from bench.synthetic.world import general_identity
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs
 
@@ -87,10 +88,9 @@ class Workspace:
 
     def content_inputs(self, paths: list[Path]) -> dict[str, str]:
         """What an artifact spec adds for files read from the dataset: their content fingerprint
-        for a dataset on disk (edited in place, it must not serve stale artifacts); nothing for the
-        synthetic world, whose files follow from its config, which every key already holds."""
-        if self.cfg.world.kind != "effectbench":
-            return {}
+        (a dataset edited in place must not serve stale artifacts). For the synthetic world too:
+        each effect's rows come from its own random stream, so a teacher -- keyed by its rows, not
+        by the whole world config -- survives a change to another effect."""
         return {"files": files_fingerprint(sorted({Path(p) for p in paths}))}
 
     @property
@@ -111,12 +111,16 @@ class Workspace:
     # -- base model -----------------------------------------------------------------------------
     @cached_property
     def base_spec(self) -> ArtifactSpec:
-        """The base model: pretrained here on the world's general edits (a dataset on disk by its
-        content, ``world_identity``), or real weights, keyed by what is loaded."""
+        """The base model: pretrained here on the world's general edits, or real weights, keyed by
+        what is loaded. The general edits of the synthetic world are keyed by what they follow from
+        (``general_identity``: not the effects, so a new effect catalogue keeps its base); a dataset
+        on disk by its content (``world_identity``)."""
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):
             return ArtifactSpec("base", {"backbone": self.cfg.backbone}, label="base model (real weights)")
-        inputs = {"world": world_identity(self.cfg.world), "backbone": self.cfg.backbone,
+        world = self.cfg.world
+        general = general_identity(world) if world.kind == "synthetic" else world_identity(world)
+        inputs = {"general": general, "backbone": self.cfg.backbone,
                   "pretrain": self.cfg.pretrain, "shift": self.cfg.sampling.shift}
         return ArtifactSpec("base", inputs, label="base model (pretraining on general edits)")
 

@@ -293,7 +293,7 @@ def plan(cells: list[Cell], out: Path, cache_root: Path, *, force: bool = False,
                 for i, e in enumerate(ws.bench.effects):
                     key = _probe(lambda: ws.teacher_dir(e))
                     want = key is not None or (outputs and _probe(lambda: teacher_outputs(ws, e)) is not None)
-                    key = key or config_hash("teacher", ws.base_key, cfg.teacher, e.lora_name)
+                    key = key or config_hash("teacher", config_hash(cfg.world), ws.base_key, cfg.teacher, e.lora_name)
                     items.append(("teachers", key if want else None,
                                   Task("teachers", f"teacher {e.lora_name}", (path, i, outputs))))
             else:  # no world yet: every teacher is missing; the effect is known by its index

@@ -8,6 +8,7 @@ carries its output distribution and one loader reads it.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from bench.data.loader import load_effectbench
 from bench.synthetic.effects import MIN_MODE_SEPARATION, build_effects, mode_separation
 from bench.synthetic.images import make_source
 from bench.synthetic.world import build_world, output_distribution
+from bench.workspace import Workspace
 from metrics import METRICS, EvalBatch
 from metrics.modes import expected_distinct, highpass_energy
 
@@ -76,6 +78,12 @@ def test_exact_modes_score_perfectly_and_the_mode_mean_is_the_blur(mixture):
     assert torch.allclose(_score("gt_mode_mae", blur), torch.full((8,), 0.5, dtype=torch.float64))
     assert torch.allclose(_score("diversity_ratio", blur), torch.zeros(8, dtype=torch.float64))  # collapse
     assert torch.allclose(_score("texture_energy", blur), torch.zeros(8, dtype=torch.float64))
+    # a blurred draw recovers no mode (world version 3 counted it as its nearest: coverage > 1 at 1 NFE)
+    assert _score("mode_coverage", blur).max() == 0
+    near_mean = torch.stack([0.45 * variants[i // 2, i % 2] + 0.55 * mean[i // 2] for i in range(8)])
+    half = torch.where(torch.arange(8)[:, None, None, None] % 2 == 0, exact, near_mean)  # one of two draws recovers
+    assert torch.allclose(_score("mode_coverage", _batch(half, mixture, draws=2)),
+                          torch.full((8,), 1 / expected_distinct(2, 2), dtype=torch.float64))
 
 
 def test_coverage_counts_distinct_modes_and_diversity_is_one_for_an_ideal_sampler(mixture):
@@ -126,7 +134,10 @@ def test_every_effect_is_stochastic_and_varies_across_draws():
     effects = build_effects(0)
     assert all(e.stochastic for e in effects)
     kinds = [e.variation.kind for e in effects]
-    assert kinds.count("texture") > len(effects) / 2 and kinds.count("modes") >= 15
+    assert kinds.count("texture") > len(effects) / 2 and kinds.count("modes") >= 10
+    # modes are spatial choices (stripe or checker phase, emboss direction, mirrored side); a
+    # global colour choice (hue rotation, palette direction) was averaged by its teacher
+    assert not {e.op for e in effects if e.variation.kind == "modes"} & {"hue_rotate", "gradient_map"}
     for family in {e.family for e in effects}:  # every family has textures (the few-step gap)
         assert any(e.variation.kind == "texture" for e in effects if e.family == family), family
     rng = np.random.default_rng(0)
@@ -175,3 +186,38 @@ def test_world_writes_the_output_distribution_and_the_loader_reads_it(tiny_world
     assert t.expected_energy > 0 and t.expected_pairwise_mae > 0
     t = bench.test_rows(texture)[0]
     assert t.variant_images == () and t.mode_mean_image.exists() and t.expected_energy > 0
+
+
+def test_each_part_of_the_world_has_its_own_stream_and_keys_follow_content(tmp_path, monkeypatch):
+    """More training pairs per effect change every effect's train rows but not the general edits
+    (so the pretrained base is reused); more test sources change the test rows but no effect's
+    train rows (so every teacher is reused)."""
+    from bench.cache import ArtifactCache
+    from bench.config import PRESETS
+
+    monkeypatch.setattr("bench.synthetic.world.MC_DRAWS", 2)  # the texture statistics are not under test
+    worlds = {"a": WorldConfig(n_train_per_effect=2, n_test_per_category=1, n_general=32),
+              "more_train": WorldConfig(n_train_per_effect=3, n_test_per_category=1, n_general=32),
+              "more_test": WorldConfig(n_train_per_effect=2, n_test_per_category=2, n_general=32)}
+    spaces = {}
+    for name, w in worlds.items():
+        build_world(tmp_path / name, w)
+        spaces[name] = Workspace(replace(PRESETS.get("synth")(), world=replace(w, kind="effectbench",
+                                                                               root=str(tmp_path / name))),
+                                 ArtifactCache(tmp_path / "cache"))
+    text = lambda name, f: (tmp_path / name / f).read_text()  # noqa: E731
+    assert text("a", "general.jsonl") == text("more_train", "general.jsonl") == text("more_test", "general.jsonl")
+    assert text("a", "train.jsonl") != text("more_train", "train.jsonl")
+    assert text("a", "train.jsonl") == text("more_test", "train.jsonl")
+    assert text("a", "test.jsonl") != text("more_test", "test.jsonl")
+
+    def teacher_inputs(name: str, effect: str) -> dict:
+        rows = spaces[name].full_bench.train_rows(effect)
+        return spaces[name].content_inputs([p for r in rows for p in (r.source_image, r.target_image)])
+
+    effect = build_effects(0)[0].name
+    assert teacher_inputs("a", effect) == teacher_inputs("more_test", effect)
+    assert teacher_inputs("a", effect) != teacher_inputs("more_train", effect)
+    synthetic = {n: Workspace(replace(PRESETS.get("synth")(), world=w), ArtifactCache(tmp_path / "c2"))
+                 for n, w in worlds.items()}
+    assert len({ws.base_key for ws in synthetic.values()}) == 1  # the general edits did not change

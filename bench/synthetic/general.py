@@ -15,6 +15,9 @@ import numpy as np
 from scipy import ndimage
 
 Image = np.ndarray
+# Bumped when what the general edits write changes (the edits, their phrasings, their sources
+# -- ``bench.synthetic.images`` -- or how they are drawn): it keys the base model pretrained on them.
+GENERAL_VERSION = 1
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 

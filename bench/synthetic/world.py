@@ -23,6 +23,8 @@ so an ideal sampler's draw, independent of both, scores 1 in expectation).
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,20 @@ from bench.config import WorldConfig
 from bench.data.image_io import save_image
 from bench.data.jsonl import write_jsonl
 from bench.synthetic.effects import Effect, build_effects
-from bench.synthetic.general import sample_general_edit
+from bench.synthetic.general import GENERAL_VERSION, sample_general_edit
 from bench.synthetic.images import CATEGORIES, make_source
 from metrics.modes import highpass_energy
 
 SOURCE_POOL_PER_CATEGORY = 256  # training sources shared by the effects of one category
 MC_DRAWS = 64                   # Monte Carlo draws per texture test row, for the mean and for the spread
+# Random streams (``numpy`` seed sequences [world seed, stream, crc32(effect name)]): the sources
+# on the world seed alone, the general edits and each effect's pairs and test draws on their own,
+# so an artifact trained on one part survives a change to another (keys hash content, not config).
+GENERAL_STREAM, TRAIN_STREAM, TEST_STREAM = 1, 2, 3
+
+
+def _stream(cfg: WorldConfig, stream: int, name: str = "") -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, stream, zlib.crc32(name.encode())])
 
 
 def student_prompt(effect: Effect) -> str:
@@ -75,10 +85,38 @@ def output_distribution(effect: Effect, img: np.ndarray, rng: np.random.Generato
     return {"variants": None, "mean": mean.astype(np.float32), "energy": energy, "pairwise": pairwise}
 
 
+def build_general(cfg: WorldConfig, put: Callable[[str, np.ndarray], str]) -> list[dict]:
+    """The general edits: the base editor's pretraining data and PDSR's general stream.
+
+    They have their own random stream (``GENERAL_STREAM``), so they -- and the base pretrained
+    on them, whose key is ``general_identity`` -- do not change when the effects do."""
+    rng = _stream(cfg, GENERAL_STREAM)
+    n_pool = max(1, cfg.n_general // 4)
+    pool = []
+    for i in range(n_pool):
+        img = make_source(CATEGORIES[i % len(CATEGORIES)], rng, cfg.image_size)
+        pool.append((put(f"images/general/src/{i:05d}.png", img), img))
+    rows = []
+    for i in range(cfg.n_general):
+        rel, img = pool[i % n_pool]
+        instruction, edit = sample_general_edit(rng)
+        rows.append({"source_image": rel, "instruction": instruction,
+                     "target_image": put(f"images/general/out/{i:05d}.png", edit.apply(img, rng))})
+    return rows
+
+
+def general_identity(cfg: WorldConfig) -> dict:
+    """What the general edits of a synthetic world follow from (the base model's key): not the
+    effect catalogue, so a world version that changes only effects keeps its base."""
+    return {"kind": cfg.kind, "seed": cfg.seed, "image_size": cfg.image_size, "n_general": cfg.n_general,
+            "generator": GENERAL_VERSION}
+
+
 def build_world(root: str | Path, cfg: WorldConfig) -> None:
-    """Generate the whole synthetic EffectBench under ``root`` (deterministic from ``cfg.seed``)."""
+    """Generate the whole synthetic EffectBench under ``root`` (deterministic from ``cfg.seed``;
+    each effect's rows from its own stream, so they do not change when another effect does)."""
     root = Path(root)
-    rng = np.random.default_rng(cfg.seed)
+    sources_rng = np.random.default_rng(cfg.seed)  # training pools, then test sources
     size = cfg.image_size
     effects = build_effects(cfg.seed)
 
@@ -91,7 +129,7 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
     for cat in CATEGORIES:
         pools[cat] = []
         for i in range(SOURCE_POOL_PER_CATEGORY):
-            img = make_source(cat, rng, size)
+            img = make_source(cat, sources_rng, size)
             pools[cat].append((put(f"images/sources/{cat}/{i:04d}.png", img), img))
 
     effect_rows, train_rows, template_rows = [], [], []
@@ -104,6 +142,7 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
             "stochastic": e.stochastic, "variation": e.variation.describe() if e.variation else None,
         })
         pool = pools[e.data_type]
+        rng = _stream(cfg, TRAIN_STREAM, e.name)
         picks = rng.choice(len(pool), size=min(cfg.n_train_per_effect + 1, len(pool)), replace=False)
         for j, k in enumerate(picks[1:]):
             rel, img = pool[k]
@@ -120,11 +159,12 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
     # Held-out test sources per category, with the exact ground truth of every effect on them.
     test_rows = []
     for cat in CATEGORIES:
-        sources = [make_source(cat, rng, size) for _ in range(cfg.n_test_per_category)]
+        sources = [make_source(cat, sources_rng, size) for _ in range(cfg.n_test_per_category)]
         rels = [put(f"images/test/{cat}/{i:03d}.png", img) for i, img in enumerate(sources)]
         for e in effects:
             if e.data_type != cat:
                 continue
+            rng = _stream(cfg, TEST_STREAM, e.name)
             for i, (rel, img) in enumerate(zip(rels, sources)):
                 draw = e.draw(rng)
                 d = output_distribution(e, img, rng)
@@ -137,19 +177,7 @@ def build_world(root: str | Path, cfg: WorldConfig) -> None:
                     row["variant_images"] = [put(f"{gt}_mode{k}.png", v) for k, v in enumerate(d["variants"])]
                 test_rows.append(row)
 
-    # General edits: the pretraining data of the base editor and the general stream of PDSR.
-    general_rows = []
-    n_pool = max(1, cfg.n_general // 4)
-    general_pool = []
-    for i in range(n_pool):
-        cat = CATEGORIES[i % len(CATEGORIES)]
-        img = make_source(cat, rng, size)
-        general_pool.append((put(f"images/general/src/{i:05d}.png", img), img))
-    for i in range(cfg.n_general):
-        rel, img = general_pool[i % n_pool]
-        instruction, edit = sample_general_edit(rng)
-        general_rows.append({"source_image": rel, "instruction": instruction,
-                             "target_image": put(f"images/general/out/{i:05d}.png", edit.apply(img, rng))})
+    general_rows = build_general(cfg, put)
 
     write_jsonl(root / "effects.jsonl", effect_rows)
     write_jsonl(root / "train.jsonl", train_rows)
