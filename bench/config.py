@@ -111,7 +111,8 @@ class DistillConfig:
     dmd_sigma_range: tuple[float, float] = (0.02, 0.98)  # DMD noise level, before the shift
     dmd_shift: float | None = None   # timestep shift of the DMD / TS / TA-FM noise levels (None: sampling.shift)
     p_switch: float = 0.5            # PDSR: probability a batch group goes to the effect stream
-    stream_redraw_every: int = 20    # PDSR: steps between stream (and effect) draws
+    stream_redraw_every: int = 20    # PDSR: steps between stream draws
+    effect_per_step: bool = True     # effect stream: a fresh effect every step (reference); False: per stream draw
     tafm_weight: float = 1.0         # TA-FM flow-matching anchor loss weight
     tafm_above_dmd: bool = True      # TA-FM noise level drawn above the DMD one (reference); False: any level
     ts_weight: float = 1.0           # TS target-simulation DMD loss weight

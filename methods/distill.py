@@ -77,7 +77,8 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
                                   bb.encode_prompts([""] * len(rows), images))
         size = ws.image_size
         streams = StreamSampler(effect_data if p_switch > 0 else [], general, p_switch=p_switch,
-                                redraw_every=cfg.stream_redraw_every, batch_size=cfg.batch_size,
+                                redraw_every=cfg.stream_redraw_every, effect_per_step=cfg.effect_per_step,
+                                batch_size=cfg.batch_size,
                                 grid=bb.latent_grid(size, size))
         snapshots = (_Snapshots(ws.cache, spec_of),)
         trainer = DMDTrainer(bb, bank, streams, cfg, objectives=objectives,

@@ -59,7 +59,8 @@ STUDENT, CRITIC = "student", "critic"
 # training produces for the same config, so caches never serve a student of the old loop.
 # 2: batched score calls, TS timesteps shifted, TA-FM above the DMD noise level (reference).
 # 3: backward simulation with the re-noising sampler (reference).
-ENGINE_VERSION = 3
+# 4: the effect stream draws a fresh effect every step (reference; ``StreamSampler``).
+ENGINE_VERSION = 4
 
 
 @dataclass(frozen=True)

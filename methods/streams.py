@@ -1,10 +1,16 @@
 """Training batches for distillation: CollectionLoRA's Probabilistic Dual-Stream Routing (PDSR).
 
 Every ``redraw_every`` steps a batch group is routed to the *effect stream* with probability
-``p_switch`` (one effect's sources; its frozen teacher is the real score; the teacher output
-anchors TA-FM / TS) or else to the *general stream* (unlabeled general edits; the real score
-is the plain base, i.e. an all-zero identity LoRA). ``p_switch = 1`` is PDSR ablated (effect
-stream only); ``p_switch = 0`` is Lightning's general-only distillation.
+``p_switch`` (effects' sources; each effect's frozen teacher is the real score; the teacher
+output anchors TA-FM / TS) or else to the *general stream* (unlabeled general edits; the real
+score is the plain base, i.e. an all-zero identity LoRA). ``p_switch = 1`` is PDSR ablated
+(effect stream only); ``p_switch = 0`` is Lightning's general-only distillation.
+
+Inside the effect stream every step's batch is drawn from a fresh effect (``effect_per_step``,
+the reference: only the stream is held for 20 steps; the teacher LoRA follows each batch's
+``lora_name``). Holding the effect for the whole group too (``effect_per_step=False``, this
+harness before engine version 4) gives each effect its generator updates in runs of four,
+against a critic that has just spent 20 steps on another effect.
 """
 
 from __future__ import annotations
@@ -60,14 +66,14 @@ class StreamState:
 
 class StreamSampler:
     def __init__(self, effects: list[EffectData], general: GeneralData | None, *, p_switch: float,
-                 redraw_every: int, batch_size: int, grid: tuple[int, int]) -> None:
+                 redraw_every: int, batch_size: int, grid: tuple[int, int], effect_per_step: bool = True) -> None:
         if p_switch > 0 and not effects:
             raise ValueError("the effect stream is on (p_switch > 0) but there are no effects")
         if p_switch < 1 and general is None:
             raise ValueError("the general stream is on (p_switch < 1) but there is no general data")
         self.effects, self.general = effects, general
         self.p_switch, self.redraw_every, self.batch_size = p_switch, redraw_every, batch_size
-        self.grid = grid
+        self.grid, self.effect_per_step = grid, effect_per_step
         self.state = StreamState()
 
     def restore(self, state: dict) -> None:
@@ -79,6 +85,8 @@ class StreamSampler:
             s.stream = "effect" if float(torch.rand(1, generator=gen)) < self.p_switch else "general"
             s.effect = int(torch.randint(len(self.effects), (1,), generator=gen)) if s.stream == "effect" else -1
             s.left = self.redraw_every
+        elif s.stream == "effect" and self.effect_per_step:
+            s.effect = int(torch.randint(len(self.effects), (1,), generator=gen))
         s.left -= 1
         n = self.batch_size
         if s.stream == "effect":

@@ -9,6 +9,7 @@ import torch
 
 from bench.config import BackboneConfig, DistillConfig, LoraTrainConfig
 from methods.adapters import AdapterBank, LoraMismatchError
+from methods.backbones import TextCondition
 from methods.backbones.tiny_qwen import TinyQwenBackbone
 from methods.dmd import DMDTrainer, Objectives, TrainerCallback, dmd_loss, observe
 from methods.flow import generate
@@ -117,6 +118,33 @@ def _student(trainer):
     from peft.utils import get_peft_model_state_dict
 
     return get_peft_model_state_dict(trainer.bb.transformer, adapter_name="student")
+
+
+def test_the_effect_stream_draws_a_fresh_effect_every_step_and_holds_only_the_stream():
+    """Reference PDSR: the stream is drawn every ``redraw_every`` steps, the effect (and so the
+    teacher) every step; ``effect_per_step=False`` holds the effect for the whole group."""
+    src = torch.zeros(4, 2, 3)
+    cond = TextCondition(torch.zeros(4, 1, 2), torch.ones(4, 1, dtype=torch.bool))
+    effects = [EffectData(f"t{i}", src, cond, cond, None, cond) for i in range(5)]
+    general = GeneralData(src, cond, cond)
+
+    def run(per_step: bool) -> list[tuple[str, str | None]]:
+        s = StreamSampler(effects, general, p_switch=0.5, redraw_every=10, batch_size=2, grid=(1, 2),
+                          effect_per_step=per_step)
+        gen = torch.Generator().manual_seed(0)
+        return [(b.stream, b.teacher) for b in (s.next(gen) for _ in range(200))]
+
+    for per_step in (True, False):
+        draws = run(per_step)
+        groups = [draws[i:i + 10] for i in range(0, 200, 10)]
+        assert all(len({stream for stream, _ in g}) == 1 for g in groups)  # the stream is held
+        effect_groups = [{t for _, t in g} for g in groups if g[0][0] == "effect"]
+        assert effect_groups and all(None not in g for g in effect_groups)
+        if per_step:
+            assert max(len(g) for g in effect_groups) >= 3
+        else:
+            assert all(len(g) == 1 for g in effect_groups)
+    assert {t for _, t in run(True) if t} == {e.name for e in effects}
 
 
 def test_batched_scores_equal_one_call_per_branch(tmp_path):

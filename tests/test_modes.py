@@ -172,7 +172,9 @@ def test_draws_are_recorded_per_pair_and_reproducible_from_the_world_seed(tiny_w
     for row in bench.train_rows(rows[0]["lora_name"]):
         e = effects[row.lora_name]
         expected = e.apply(load_image(row.source_image), row.extra["params"])
-        assert np.abs(load_image(row.target_image) - expected).max() <= 1 / 255 + 1e-6
+        # both images are 8-bit on disk: the target's rounding (0.5 / 255) plus the source's,
+        # amplified by the effect's slope (a palette map's is up to ~3)
+        assert np.abs(load_image(row.target_image) - expected).max() <= 2 / 255 + 1e-6
 
 
 def test_world_writes_the_output_distribution_and_the_loader_reads_it(tiny_world):
