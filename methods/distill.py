@@ -19,6 +19,7 @@ from bench.data.effectbench import EffectSpec
 from methods import distributed
 from methods.adapters import AdapterBank
 from methods.dmd import ENGINE_VERSION, DMDTrainer, Objectives, TrainerCallback
+from methods.lora import weights_fingerprint
 from methods.streams import EffectData, GeneralData, StreamSampler
 from methods.teachers import teacher_identity, teacher_outputs
 
@@ -42,7 +43,8 @@ def distilled_lora(ws, *, kind: str, cfg: DistillConfig, effects: list[EffectSpe
             "base": ws.base_key, "distill": result_dict(c), "p_switch": p_switch, "objectives": objectives,
             "effects": [(e.lora_name, named[e.lora_name], e.prompt, student_prompt(e)) for e in effects],
             "seed": seed, "fast_steps": ws.cfg.sampling.fast_steps, "sampler": sampler,
-            "init_student": str(init_student), "extra": extra_key, "engine": ENGINE_VERSION},
+            "init_student": init_student and weights_fingerprint(init_student), "extra": extra_key,
+            "engine": ENGINE_VERSION},
             label=label if c.steps == cfg.steps else f"{label} @ step {c.steps} (snapshot)")
 
     spec = spec_of(cfg)

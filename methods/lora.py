@@ -173,6 +173,17 @@ def check_finite_lora(state: dict[str, torch.Tensor], what: str) -> None:
         raise NonFiniteError(f"{what} has non-finite weights in {len(bad)} of {len(state)} tensors: {some(bad)}")
 
 
+def weights_fingerprint(path: str | Path) -> str:
+    """How keys name a LoRA given by path: the bytes of its weight file, not where it lies (a
+    moved cache keeps its keys; every diffusers LoRA file has the same name, and an edited file
+    must not serve stale artifacts). A missing file is named by its path (loading it says so)."""
+    from bench.cache import files_fingerprint
+
+    p = Path(path)
+    file = p / WEIGHT_NAME if p.is_dir() else p
+    return files_fingerprint([file]) if file.exists() else str(file)
+
+
 def lora_bytes(path: str | Path) -> int:
     path = Path(path)
     file = path / WEIGHT_NAME if path.is_dir() else path

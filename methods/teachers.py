@@ -47,11 +47,9 @@ def teacher_identity(effect, teacher: Path) -> str:  # noqa: ANN001
     ``pytorch_lora_weights.safetensors``) and an edited file must not serve stale artifacts."""
     if effect.lora_path is None:
         return teacher.name
-    from bench.cache import files_fingerprint
-    from methods.lora import WEIGHT_NAME
+    from methods.lora import weights_fingerprint
 
-    file = teacher / WEIGHT_NAME if teacher.is_dir() else teacher
-    return files_fingerprint([file]) if file.exists() else str(file)  # missing: load_lora says so
+    return weights_fingerprint(teacher)
 
 
 def outputs_spec(ws, effect, teacher: Path, rows) -> ArtifactSpec:  # noqa: ANN001

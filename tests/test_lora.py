@@ -144,3 +144,21 @@ def test_safetensors_metadata_is_rewritten_in_sorted_order(tmp_path):
     assert list(json.loads(file.read_bytes()[8:8 + n])["__metadata__"]) == [f"k{i:02d}" for i in range(20)]
     loaded = load_file(str(file))
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_a_lora_given_by_path_is_keyed_by_its_bytes_not_its_place(tiny_backbone, tmp_path):
+    """What student keys hold for an extension's starting LoRA (and teacher keys for a manifest
+    lora_path): the same file moved keeps its key, an edited one gets a new key."""
+    import shutil
+
+    from methods.lora import WEIGHT_NAME, weights_fingerprint
+
+    add_lora(tiny_backbone.transformer, "k", LoraTrainConfig(rank=4, alpha=4))
+    save_lora(tiny_backbone.transformer, "k", tmp_path / "a")
+    tiny_backbone.transformer.delete_adapters(["k"])
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    assert weights_fingerprint(tmp_path / "a") == weights_fingerprint(tmp_path / "elsewhere" / "b")
+    assert weights_fingerprint(tmp_path / "a") == weights_fingerprint(tmp_path / "a" / WEIGHT_NAME)
+    with open(tmp_path / "elsewhere" / "b" / WEIGHT_NAME, "ab") as f:
+        f.write(b"\0")
+    assert weights_fingerprint(tmp_path / "a") != weights_fingerprint(tmp_path / "elsewhere" / "b")
