@@ -20,7 +20,6 @@ Places, in order (``<repo>`` is the HF repo id, e.g. ``timm/vit_base_patch16_224
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -193,24 +192,15 @@ def _missing_shards(path: Path) -> list[str]:
 
 
 def fingerprint(path: str | Path, names: Iterable[str] | None = None) -> str:
-    """Cheap identity of a weight file or directory for cache keys: resolved path, sizes, mtimes.
+    """Identity of a weight file or directory for cache keys, by the project's one policy
+    (``bench.cache.files_fingerprint``: names relative to ``path`` and bytes -- multi-GB files by
+    size and 1 MiB at their start, middle and end -- never the absolute path or mtimes), so a
+    moved weights folder keeps its cached features and a replaced file invalidates them.
+    ``names`` restricts a directory to the files that hold weights (libraries write other files
+    there)."""
+    from bench.cache import files_fingerprint
 
-    Hashing the content of multi-GB files would cost seconds per process; a re-downloaded or
-    replaced file changes size or mtime, which is what invalidates cached features. ``names``
-    restricts a directory to the files that hold weights (libraries write other files there).
-    """
-    path = Path(path).resolve()
-    if path.is_file():
-        files = [path]
-    elif names is not None:
-        files = []
-        for name in names:
-            target = path / name
-            files += sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha256(str(path).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    path = Path(path)
+    if path.is_file() or names is None:
+        return files_fingerprint([path])[:16]
+    return files_fingerprint([path / name for name in names if (path / name).exists()])[:16]

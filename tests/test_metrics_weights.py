@@ -141,3 +141,7 @@ def test_fingerprint_changes_with_the_file(tmp_path):
     before = fingerprint(f)
     f.write_bytes(b"22")
     assert fingerprint(f) != before
+    # the same weights moved elsewhere keep their cached features (one fingerprint policy)
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "w.bin").write_bytes(b"22")
+    assert fingerprint(tmp_path / "moved" / "w.bin") == fingerprint(f)
