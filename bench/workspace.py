@@ -22,7 +22,6 @@ from bench.data.identity import world_identity
 from bench.data.image_io import load_image
 from bench.data.loader import load_effectbench
 from bench.errors import MissingInputsError
-from bench.synthetic.world import general_identity
 from methods.backbones import BACKBONES, Backbone
 from methods.fm import EditPairs
 
@@ -118,6 +117,8 @@ class Workspace:
         cls = BACKBONES.get(self.cfg.backbone.kind)
         if getattr(cls, "pretrained", False):
             return ArtifactSpec("base", {"backbone": self.cfg.backbone}, label="base model (real weights)")
+        from bench.synthetic.world import general_identity  # the synthetic world only when used
+
         world = self.cfg.world
         general = general_identity(world) if world.kind == "synthetic" else world_identity(world)
         inputs = {"general": general, "backbone": self.cfg.backbone,

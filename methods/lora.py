@@ -28,7 +28,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, get_peft_model_sta
 from safetensors.torch import save_file
 
 import methods.lora_formats as lora_formats
-from bench.cache import atomic_write, nonfinite_tensors, some
+from bench.cache import atomic_write, files_fingerprint, nonfinite_tensors, some
 from bench.config import LoraTrainConfig, config_hash
 from bench.errors import BenchError, NonFiniteError
 
@@ -177,8 +177,6 @@ def weights_fingerprint(path: str | Path) -> str:
     """How keys name a LoRA given by path: the bytes of its weight file, not where it lies (a
     moved cache keeps its keys; every diffusers LoRA file has the same name, and an edited file
     must not serve stale artifacts). A missing file is named by its path (loading it says so)."""
-    from bench.cache import files_fingerprint
-
     p = Path(path)
     file = p / WEIGHT_NAME if p.is_dir() else p
     return files_fingerprint([file]) if file.exists() else str(file)

@@ -13,7 +13,7 @@ from bench.config import LoraTrainConfig
 from methods.backbones import Backbone
 from methods.distributed import DistEnv
 from methods.fm import EditPairs, FMSettings, train_flow_matching
-from methods.lora import add_lora, save_lora
+from methods.lora import add_lora, save_lora, weights_fingerprint
 
 TRAINING_ADAPTER = "lora_in_training"  # not "training": that is an nn.Module attribute
 
@@ -47,8 +47,6 @@ def teacher_identity(effect, teacher: Path) -> str:  # noqa: ANN001
     ``pytorch_lora_weights.safetensors``) and an edited file must not serve stale artifacts."""
     if effect.lora_path is None:
         return teacher.name
-    from methods.lora import weights_fingerprint
-
     return weights_fingerprint(teacher)
 
 

@@ -215,8 +215,8 @@ class ModeCoverage(_Exact):
         out = torch.full((len(batch),), float("nan"), dtype=torch.float64)
         if kind(batch) != "modes":
             return out
-        nearest, d = nearest_mode(batch)
-        recovered = _mse(batch.results, batch.mode_means) >= d.min(1).values  # not at the mode average
+        nearest, _ = nearest_mode(batch)
+        recovered = blurred(batch) == 0  # a draw at the mode average recovers no mode
         k = batch.variants.shape[1]
         for idx in _groups(batch):
             hit = nearest[idx][recovered[idx]]
