@@ -44,8 +44,10 @@ from bench.runner import quiet_expected_warnings
 from bench.workspace import Workspace
 from methods.adapters import AdapterBank
 from methods.distill import edit_with
-from metrics.modes import DiversityRatio, ModeBlur, ModeCoverage, ModeMAE, TextureEnergy
-from reports.stats import bootstrap_ci, paired_difference, significantly
+from metrics import METRICS
+from metrics.modes import DiversityRatio, ModeBlur, ModeCoverage, ModeMAE
+from reports.stats import bootstrap_ci, log_distance, paired_difference, significantly
+from reports.tables import fidelity_metric
 
 COVERAGE_BAR = 0.8
 
@@ -72,7 +74,7 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
     sources = ws.images([t.source_image for t in tests]).repeat_interleave(draws, 0)
     out: dict = {"effect": effect.lora_name, "family": effect.family, "kind": kind, "n_sources": len(tests),
                  "draws": draws, "nfe": {}}
-    fidelity = TextureEnergy() if kind == "texture" else ModeMAE()
+    fidelity = METRICS.get(fidelity_metric(kind))()
     # what doing nothing, or returning the average of the effect's outputs, scores
     plain = effect_batch(ws, effect, tests, ws.images([t.source_image for t in tests]), 1)
     out["source_mae"] = per_source(ModeMAE().score(plain), 1)
@@ -121,7 +123,7 @@ def verdict(res: dict) -> tuple[bool, bool]:
         return False, False
 
     def distance(s: pd.Series) -> pd.Series:  # lower is better
-        return np.abs(np.log(s.clip(lower=1e-6))) if texture else s
+        return log_distance(s) if texture else s
 
     gap = any(significantly(paired_difference(distance(cols[n]["fidelity"]), distance(cols[fast]["fidelity"])),
                             higher_is_better=False) for n in slow)
@@ -174,7 +176,7 @@ def main() -> None:
         for name in ("mode_blur", "mode_coverage", "diversity_ratio"):
             vals = [bootstrap_ci(col[name]) for _, col in sorted(res["nfe"].items())]
             extra.append(" / ".join("—" if np.isnan(v.mean) else f"{v.mean:.2f}" for v in vals))
-        metric = "texture_energy" if res["kind"] == "texture" else "gt_mode_mae"
+        metric = fidelity_metric(res["kind"])
         maes = " / ".join(f"{float(col['gt_mode_mae'].mean()):.3f}" for _, col in sorted(res["nfe"].items()))
         base = f"{float(res['source_mae'].mean()):.3f}" + "".join(
             f" / {float(res[k].mean()):.3f}" for k in ("mean_mae", "draw_mae") if k in res)

@@ -356,6 +356,9 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("**This run** (means over effects, test samples and seeds; NFE counted):\n")
         add(tables.main_table(main_rows) + "\n")
         add(tables.legend(tables.metric_columns(main_rows)) + "\n")
+        add("**This run, per effect** (each effect's own fidelity metric; a mean over effects can hide a method "
+            "that is right on some effects and wrong on others):\n")
+        add(tables.per_effect_table(main_rows, "method") + "\n")
         if opts.categories:
             add("**This run, per category**:\n")
             add(tables.main_table(main_rows, by_category=True) + "\n")
@@ -421,6 +424,8 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("**This run**:\n")
         add(tables.ablation_table(ab_rows) + "\n")
         add(tables.legend(tables.metric_columns(ab_rows)) + "\n")
+        add("**This run, per effect**:\n")
+        add(tables.per_effect_table(ab_rows, "ablation") + "\n")
     else:
         add("_no ablation cells (run `--grid ablation`)_\n")
     add("**paper**:\n")

@@ -59,6 +59,14 @@ def paired_difference(a: pd.Series, b: pd.Series, **kw) -> Interval:
     return bootstrap_ci((both.iloc[:, 0] - both.iloc[:, 1]).to_numpy(), **kw)
 
 
+def log_distance(values, ideal: float = 1.0):
+    """|log(value / ideal)|: how far a "-> ideal" ratio (texture energy, diversity) is from right,
+    the same distance above and below (a ratio of 2 and of 0.5 are equally wrong), so a mean of it
+    over effects cannot cancel the way a mean of the ratio does. 0 is exact; an exact sampler's own
+    per-source spread keeps it above 0."""
+    return np.abs(np.log(np.clip(values, 1e-6, None) / ideal))
+
+
 def significantly(diff: Interval, higher_is_better: bool) -> bool:
     """Whether an interval of (a - b) says a is better than b at the interval's level."""
     if np.isnan(diff.lo):

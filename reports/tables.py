@@ -9,16 +9,26 @@ so (``reports/paper_numbers.py``) and never take part in the bold.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from reports import paper_numbers as paper
 from reports import stats
 
 ARROW = {True: "↑", False: "↓"}
+
+# The metric that says whether one effect is right, by its variation kind (the rows' ``variation``;
+# the world gate's and the per-effect table's "fidelity"): a texture's grain *is* the effect, so
+# its texture energy; a modes or deterministic effect has a nearest allowed variant, so the error
+# to it (metrics/modes.py defines both).
+FIDELITY: dict[str, str] = {"texture": "texture_energy", "modes": "gt_mode_mae", "deterministic": "gt_mode_mae"}
+
+
+def fidelity_metric(kind: str) -> str:
+    """The fidelity metric of an effect of this variation kind (``Effect.variation_kind``)."""
+    return FIDELITY.get(kind, "gt_mode_mae")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +179,7 @@ def ci_column(groups: dict, keys: Sequence, col: Column) -> list[str]:
     higher, judged = col.higher, groups
     if col.ideal is not None:
         higher = True
-        judged = {k: -np.log(g.clip(lower=1e-6) / col.ideal).abs() for k, g in groups.items()}
+        judged = {k: -stats.log_distance(g, col.ideal) for k, g in groups.items()}
     finite = [(float(judged[k].mean()), k) for m, k in zip(means, keys) if not math.isnan(m)]
     best = None
     if len(finite) > 1:
@@ -186,6 +196,18 @@ def ci_column(groups: dict, keys: Sequence, col: Column) -> list[str]:
         half = (ci.hi - ci.lo) / 2 if not math.isnan(ci.lo) else float("nan")
         cell = text(m) + ("" if math.isnan(half) or col.label.startswith("NFE") else f" ± {text(half)}")
         out.append(f"**{cell}**" if k == best else cell)
+    return out
+
+
+def ratio_columns(groups: dict, keys: Sequence, col: Column) -> dict[str, list[str]]:
+    """A column's cells under its header; a "-> ideal" ratio also gets its distance from the ideal,
+    ``|log(x / ideal)|`` per test source (the number its bold is judged on). The mean ratio alone
+    can look right while no effect is: 1.8 on one effect and 0.25 on another average to 1."""
+    out = {col.header: ci_column(groups, keys, col)}
+    if col.ideal is not None:
+        dist = Column(f"{col.label} log-distance", col.metric, "", higher=False)
+        out[f"{col.metric} log-distance (0 = exact) ↓"] = ci_column(
+            {k: stats.log_distance(g, col.ideal) for k, g in groups.items()}, keys, dist)
     return out
 
 
@@ -306,7 +328,8 @@ def main_table(rows: pd.DataFrame, *, by_category: bool = False) -> str:
                     shown[i] = cell
             out[c.header] = shown
         else:
-            out[c.header] = ci_column(groups[c.label], keys, c)
+            for header, cells in ratio_columns(groups[c.label], keys, c).items():
+                out[header] = cells
     return render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
@@ -326,6 +349,21 @@ def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
     return f"{c.header} (`{c.metric}`)\n\n" + render(out) + "\n\n" + SIGNIFICANCE_NOTE
 
 
+def _off(ab: str) -> tuple[str, ...]:
+    """The components an ``ablation`` row value switches off ("none" / "": none)."""
+    return () if ab in ("", "none") else tuple(ab.split(","))
+
+
+def ablation_name(ab: str) -> str:
+    """The paper's row number of an ``ablation`` value, "(1)" ... "(5)", or "off: ..." for others."""
+    return paper.ablation_exp(_off(ab)) or f"off: {ab}"
+
+
+def ablation_order(values: Iterable[str]) -> list[str]:
+    """``ablation`` values in the paper's row order (1) -> (5), others after."""
+    return sorted(values, key=lambda ab: (paper.ablation_exp(_off(ab)) or "(9)", ab))
+
+
 def ablation_table(rows: pd.DataFrame) -> str:
     """Exp | PDSR | AOP | TS | TA-FM | n | metrics: one row per set of components switched off,
     each cell with its 95 % interval (bold = significantly best)."""
@@ -333,20 +371,48 @@ def ablation_table(rows: pd.DataFrame) -> str:
         return "_no rows_"
     cols = [c for c in metric_columns(rows) if c.role != "NFE"]
     groups = cluster_columns(rows, ["ablation"], cols)
-
-    def off(ab: str) -> tuple[str, ...]:
-        return () if ab in ("", "none") else tuple(ab.split(","))
-
-    present = {k for g in groups.values() for k in g}
-    keyed = sorted(present, key=lambda ab: (paper.ablation_exp(off(ab)) or "(9)", ab))
-    out = pd.DataFrame({"Exp.": [paper.ablation_exp(off(ab)) or f"off: {ab}" for ab in keyed]})
+    keyed = ablation_order({k for g in groups.values() for k in g})
+    out = pd.DataFrame({"Exp.": [ablation_name(ab) for ab in keyed]})
     names = {"pdsr": "PDSR", "aop": "AOP", "ts": "TS", "tafm": "TA-FM"}
     for comp in paper.ABLATION_COMPONENTS:
-        out[names[comp]] = ["" if comp in off(ab) else "✓" for ab in keyed]
+        out[names[comp]] = ["" if comp in _off(ab) else "✓" for ab in keyed]
     out["n"] = n_sources(groups, keyed)
     for c in cols:
-        out[c.header] = ci_column(groups[c.label], keyed, c)
+        for header, cells in ratio_columns(groups[c.label], keyed, c).items():
+            out[header] = cells
     return render(out) + "\n\n" + SIGNIFICANCE_NOTE
+
+
+def per_effect_table(rows: pd.DataFrame, by: str = "method") -> str:
+    """Effect | kind | fidelity metric | n | one column per ``by`` group (method, or ablation row):
+    each effect's own fidelity (``fidelity_metric``: texture energy for a texture,
+    the nearest-variant error otherwise) with its 95 % interval over that effect's test sources;
+    bold = significantly best in the effect's row (a texture: closest to 1, by log-distance).
+    What a mean over effects hides -- a student right on some effects and off on others -- shows
+    here."""
+    ok = rows[rows["status"] == "ok"]
+    if ok.empty or "variation" not in ok.columns:
+        return "_no rows_"
+    present = list(dict.fromkeys(ok[by].astype(str)))
+    groups = method_order(present) if by == "method" else ablation_order(present)
+    names = [label(g) for g in groups] if by == "method" else [ablation_name(g) for g in groups]
+    lines = []
+    for effect, sub in ok.groupby("effect", sort=True):
+        kind = str(sub["variation"].iloc[0])
+        metric = fidelity_metric(kind)
+        m = sub[sub.metric == metric]
+        if m.empty:
+            continue
+        col = Column(metric, metric, "", bool(_first(m, "higher_is_better", False)),
+                     ideal=None if pd.isna(_first(m, "ideal", None)) else float(_first(m, "ideal", None)))
+        per = {g: stats.cluster_means(x) for g, x in m.groupby(m[by].astype(str))}
+        n = max((len(v) for v in per.values()), default=0)
+        lines.append([effect, kind, f"{metric} {col.arrow}", str(n)] + ci_column(per, groups, col))
+    if not lines:
+        return "_no rows_"
+    frame = pd.DataFrame(lines, columns=["Effect", "kind", "fidelity", "n"] + names)
+    return render(frame) + ("\n\nPer effect: mean ± half-width of the 95 % interval over that effect's test sources; "
+                            "bold only where one column is significantly best in its row.")
 
 
 # deployment --------------------------------------------------------------------------------------

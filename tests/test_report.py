@@ -315,6 +315,60 @@ def test_a_ratio_with_an_ideal_value_is_best_closest_to_it_and_says_so():
     assert col.header == "texture_energy (exact draw = 1) →1"
 
 
+def _ratio_rows(per_effect: dict[str, dict[str, float]], n: int = 12) -> pd.DataFrame:
+    """Rows of texture_energy (texture effects) and gt_mode_mae (one modes effect) per method:
+    ``per_effect[method][effect]`` is the value every test source of that effect gets, plus a
+    little noise so intervals exist."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for method, effects in per_effect.items():
+        for effect, value in effects.items():
+            kind = "modes" if effect.startswith("stripes") else "texture"
+            metric = "gt_mode_mae" if kind == "modes" else "texture_energy"
+            for s in range(n):
+                recs.append({"method": method, "ablation": "none", "n_effects": 3, "effect": effect, "sample": s,
+                             "variation": kind, "metric": metric, "value": value * (1 + 0.02 * rng.standard_normal()),
+                             "status": "ok", "role": "", "synthetic": True, "unit": "",
+                             "higher_is_better": metric == "texture_energy",
+                             "ideal": 1.0 if metric == "texture_energy" else float("nan")})
+    return pd.DataFrame.from_records(recs)
+
+
+def test_a_ratio_whose_mean_is_right_while_no_effect_is_shows_its_distance_from_right():
+    """1.8 on one effect and 0.25 on another average to about 1; the log-distance column says
+    that method is further from exact than one at 0.9 on both, and bolds the latter."""
+    rows = _ratio_rows({"ours": {"palette_sepia_00": 1.8, "warp_mirror_left_00": 0.25},
+                        "base": {"palette_sepia_00": 0.9, "warp_mirror_left_00": 0.9}})
+    text = tables.main_table(rows)
+    head = next(line for line in text.splitlines() if line.startswith("| Setting"))
+    labels = [c.strip() for c in head.strip("|").split("|")]
+    assert "texture_energy log-distance (0 = exact) ↓" in labels
+    col = labels.index("texture_energy log-distance (0 = exact) ↓")
+    cells = {line.split("|")[2].strip(): line.strip("|").split("|")[col].strip()
+             for line in text.splitlines() if line.startswith("| Single") or line.startswith("| 3 effects")}
+    ours, base = cells["Ours (CollectionLoRA)"], cells["Base"]
+    assert base.startswith("**0.1") and not ours.startswith("**")
+    assert float(ours.split(" ")[0]) > 0.9  # (|log 1.8| + |log 0.25|) / 2 = 0.99
+
+
+def test_the_per_effect_table_scores_each_effect_by_its_own_fidelity_metric():
+    """A texture by its texture energy (closest to 1 is best), a modes effect by its nearest-variant
+    error; one row per effect, a column per method, bold where one is significantly best."""
+    rows = _ratio_rows({"ours": {"palette_sepia_00": 1.8, "warp_mirror_left_00": 0.95,
+                                 "stripes_vertical_wide_dark_00": 0.14},
+                        "base": {"palette_sepia_00": 0.9, "warp_mirror_left_00": 0.6,
+                                 "stripes_vertical_wide_dark_00": 0.03}})
+    text = tables.per_effect_table(rows, "method")
+    line = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in text.splitlines()
+            if r.startswith("| ") and "_00" in r}
+    assert line["palette_sepia_00"][1:3] == ["texture", "texture_energy →1"]
+    assert line["stripes_vertical_wide_dark_00"][1:3] == ["modes", "gt_mode_mae ↓"]
+    # columns: Effect, kind, fidelity, n, Base, Ours
+    assert line["palette_sepia_00"][3] == "12"
+    assert line["palette_sepia_00"][4].startswith("**0.9") and line["warp_mirror_left_00"][5].startswith("**0.9")
+    assert line["stripes_vertical_wide_dark_00"][4].startswith("**0.03")
+
+
 # ---------------------------------------------------------------------- cells tagged by their grids
 
 
