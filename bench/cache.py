@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bench import cost
 from bench.config import config_hash, to_dict
 from bench.errors import NonFiniteError
 
@@ -103,6 +104,9 @@ class ArtifactCache:
     def __init__(self, root: str | Path | None = None, *, verbose: bool = True) -> None:
         self.root = Path(root) if root is not None else default_cache_root()
         self.verbose = verbose
+        # every artifact handed out since the last clear, "kind/key" -> (label, directory): what a
+        # run used, so its training cost is the sum of theirs (bench/cost.py; bench/runner.py)
+        self.used: dict[str, tuple[str, Path]] = {}
 
     def path(self, spec: ArtifactSpec) -> Path:
         return self.root / spec.kind / spec.key
@@ -118,6 +122,7 @@ class ArtifactCache:
     def get_or_build(self, spec: ArtifactSpec, build: Callable[[Path], None]) -> Path:
         """Return the artifact directory, calling ``build(tmp_dir)`` once if it is missing."""
         final = self.path(spec)
+        self.used[f"{spec.kind}/{spec.key}"] = (spec.label or spec.kind, final)
         if (final / DONE).exists():
             self._say(f"cached   {spec.describe()}")
             return final
@@ -140,7 +145,10 @@ class ArtifactCache:
         try:
             # top level in the spec's order (the key hashes the values in that order)
             (tmp / RECORD).write_text(json.dumps(spec.record(), indent=2, default=str))
-            build(tmp)
+            with cost.measure(ranks=int(os.environ.get("WORLD_SIZE", "1"))) as measured:
+                build(tmp)
+            if not (tmp / cost.COST_FILE).exists():  # a snapshot writes the cost of the training behind it
+                (tmp / cost.COST_FILE).write_text(measured[0].to_json())
             check_finite(tmp, label)
             (tmp / DONE).write_text("")
             shutil.rmtree(final, ignore_errors=True)

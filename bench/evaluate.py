@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.cost import cost_records
 from bench.data.image_io import save_image
 from bench.progress import progress
 from bench.workspace import Workspace
@@ -26,13 +27,7 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
     sample, draw and metric (plus NFE). ``limit`` / ``draws`` override ``eval.limit`` /
     ``eval.draws`` (bench.studies.tune scores students mid-training on a few samples this way)."""
     cfg = ws.cfg
-    components = dataclasses.asdict(method.components) if method.components is not None else {}
-    ident = {
-        "run": run, "method": method.name,
-        "ablation": ",".join(sorted(cfg.components_off)) or "none",
-        "components": json.dumps(components, sort_keys=True), "preset": cfg.preset,
-        "n_effects": cfg.n_effects, "seed": cfg.seed,
-    }
+    ident = row_identity(method, cfg, run)
     records: list[dict] = []
     draws = draws or cfg.eval.draws
     limit = limit if limit is not None else cfg.eval.limit
@@ -83,6 +78,21 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             for j in range(1, draws):
                 save_image(image_dir / effect.lora_name / f"00_draw{j}.png", result[j].permute(1, 2, 0).numpy())
     return pd.DataFrame.from_records(records)
+
+
+def row_identity(method, cfg, run: str) -> dict:  # noqa: ANN001 -- a Method, a RunConfig
+    """The fields every row of a cell starts with: which run, method, components, preset, N, seed."""
+    components = dataclasses.asdict(method.components) if method.components is not None else {}
+    return {"run": run, "method": method.name, "ablation": ",".join(sorted(cfg.components_off)) or "none",
+            "components": json.dumps(components, sort_keys=True), "preset": cfg.preset,
+            "n_effects": cfg.n_effects, "seed": cfg.seed}
+
+
+def cost_rows(method, ws: Workspace, run: str) -> pd.DataFrame:  # noqa: ANN001 -- a Method
+    """The training cost of everything the cell used (``ws.cache.used``: teachers, Lightning, the
+    student, the base ...), one row per artifact and cost metric (bench/cost.py)."""
+    ident = row_identity(method, ws.cfg, run)
+    return pd.DataFrame.from_records([{**ident, **r} for r in cost_records(ws.cache.used)])
 
 
 def effect_batch(ws: Workspace, effect, tests, results: torch.Tensor, draws: int) -> EvalBatch:

@@ -112,6 +112,7 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
             print(f"cell {cid} finished already ({store.cell_dir(cid)}); skipping. Use --force to rerun.")
             return rows
     ws = None
+    cache.used.clear()  # from here on: the artifacts this cell uses, whose training cost its rows carry
     if not is_measurement(cell):  # every missing input at once, before anything is written or trained
         from bench.workspace import Workspace
 
@@ -135,7 +136,7 @@ def run_cell(cell: Cell, out: Path, cache: ArtifactCache, *, force: bool = False
 
 def _train_and_evaluate(ws, store: ResultStore, cid: str) -> tuple[pd.DataFrame, str]:  # noqa: ANN001
     """A training cell: get the method's adapters (trained or from the cache), then evaluate."""
-    from bench.evaluate import evaluate
+    from bench.evaluate import cost_rows, evaluate
     from methods.backbones.prompt_cache import prompt_cache_report
     from metrics import METRICS
     from metrics.cache import forward_report
@@ -147,6 +148,7 @@ def _train_and_evaluate(ws, store: ResultStore, cid: str) -> tuple[pd.DataFrame,
     t1 = time.perf_counter()
     metrics = [METRICS.get(name)() for name in cfg.eval.metrics]
     rows = evaluate(method, ws, metrics, run=cid, image_dir=store.image_dir(cid))
+    rows = pd.concat([rows, cost_rows(method, ws, cid)], ignore_index=True)
     t2 = time.perf_counter()
     print(forward_report())
     if report := prompt_cache_report():

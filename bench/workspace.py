@@ -141,7 +141,7 @@ class Workspace:
                                  "rows with target_image")
             pairs = EditPairs(self.images([r.source_image for r in rows], [r.origin for r in rows]),
                               self.images([r.target_image for r in rows], [r.origin for r in rows]),
-                              [r.instruction for r in rows])
+                              [r.instruction for r in rows], ["general"] * len(rows))
             pretrain_base(self.cfg, pairs, out)
 
         return self.cache.get_or_build(self.base_spec, build)
@@ -192,7 +192,7 @@ class Workspace:
                                  "target_image to train its teacher LoRA on, and no lora_path")
             pairs = EditPairs(self.images([r.source_image for r in rows], [r.origin for r in rows]),
                               self.images([r.target_image for r in rows], [r.origin for r in rows]),
-                              [r.instruction for r in rows])
+                              [r.instruction for r in rows], [effect.lora_name] * len(rows))
             seed = zlib.crc32(effect.lora_name.encode()) ^ self.cfg.world.seed
             train_teacher(backbone or self.load_backbone(), pairs, self.cfg.teacher,
                           shift=self.cfg.sampling.shift, seed=seed, out_dir=out,

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bench import cost
 from bench.cache import ArtifactSpec
 from bench.config import DistillConfig, result_dict
 from bench.data.effectbench import EffectSpec
@@ -130,9 +131,12 @@ class _Snapshots(TrainerCallback):
         if k % cfg.snapshot_every or k >= cfg.steps:
             return
 
+        spent = cost.so_far()  # the training up to step k (the snapshot's own build costs ~nothing)
+
         def build(out: Path) -> None:
             trainer.save_student(out)
             trainer.write_losses(out / "losses.csv")
+            (out / cost.COST_FILE).write_text(spent.to_json())
 
         self.cache.publish(self.spec_of(replace(cfg, steps=k)), build)
 

@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from bench import cost
 from bench.cache import atomic_write
 from bench.config import DistillConfig, LoraTrainConfig
 from bench.progress import progress
@@ -356,6 +357,7 @@ class DMDTrainer:
             "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
             "rng": self.gen.get_state(), "streams": asdict(self.streams.state),
             "history": self.history, "config": asdict(self.cfg), "sampler": self.sampler,
+            "cost": asdict(cost.so_far()),  # a resumed build's training cost includes the killed run's
         }
         path = self.work_dir / f"ckpt-{self.step:08d}.pt"
         atomic_write(path, lambda f: torch.save(state, f))  # a checkpoint is either complete or absent
@@ -376,6 +378,8 @@ class DMDTrainer:
         self.gen.set_state(state["rng"])
         self.streams.restore(state["streams"])
         self.step, self.history = state["step"], state["history"]
+        if "cost" in state:  # checkpoints from before costs were counted have none
+            cost.carry(cost.Cost(**state["cost"]))
         print(f"[{self.desc}] resumed from {ckpts[-1].name} at step {self.step}/{self.cfg.steps}", flush=True)
 
     def write_losses(self, path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers.optimization import get_scheduler
 
+from bench.cost import count_samples
 from bench.errors import BenchError
 from bench.progress import progress
 from methods.backbones import Backbone
@@ -30,10 +31,13 @@ class EditPairs:
     sources: torch.Tensor
     targets: torch.Tensor
     prompts: list[str]
+    effects: list[str] | None = None  # each pair's effect (or "general"), for the training cost's samples
 
     def __post_init__(self) -> None:
         if not (len(self.sources) == len(self.targets) == len(self.prompts)):
             raise ValueError("EditPairs: sources, targets and prompts differ in length")
+        if self.effects is not None and len(self.effects) != len(self.prompts):
+            raise ValueError("EditPairs: effects and prompts differ in length")
         if len(self.prompts) == 0:
             raise ValueError("EditPairs: no training pairs")
 
@@ -94,6 +98,8 @@ def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettin
         # the full batch, drawn alike on every rank (always in this order: the RNG stream is the run)
         idx = torch.randint(len(pairs.prompts), (settings.batch_size,), generator=gen)
         drop = torch.rand(settings.batch_size, generator=gen) < settings.uncond_prob  # CFG's empty prompt
+        if pairs.effects is not None:
+            count_samples(pairs.effects[i] for i in idx.tolist())
         x0, source = tgt_lat[idx], src_lat[idx]
         noise = torch.randn(x0.shape, generator=gen).to(device)
         sigma = sample_training_sigmas(

@@ -27,13 +27,14 @@ class FMAllInOne(StackedWithLightning):
 
         def build(out: Path) -> None:
             bb = ws.load_backbone()
-            sources, targets, prompts = [], [], []
+            sources, targets, prompts, names = [], [], [], []
             for e in effects:
                 rows = ws.full_bench.train_rows(e.lora_name)
                 sources.append(ws.images([r.source_image for r in rows], [r.origin for r in rows]))
                 targets.append(teacher_outputs(ws, e, bb))
                 prompts += [e.prompt] * len(rows)
-            pairs = EditPairs(torch.cat(sources), torch.cat(targets), prompts)
+                names += [e.lora_name] * len(rows)
+            pairs = EditPairs(torch.cat(sources), torch.cat(targets), prompts, names)
             train_teacher(bb, pairs, ws.cfg.fm_all, shift=ws.cfg.sampling.shift, seed=ws.cfg.seed,
                           out_dir=out, desc=f"FM all-in-1 ({len(effects)} effects)")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from bench.cost import count_samples
 from methods.backbones import TextCondition
 
 
@@ -89,6 +90,7 @@ class StreamSampler:
             s.effect = int(torch.randint(len(self.effects), (1,), generator=gen))
         s.left -= 1
         n = self.batch_size
+        count_samples([self.effects[s.effect].name if s.stream == "effect" else "general"] * n)
         if s.stream == "effect":
             e = self.effects[s.effect]
             idx = torch.randint(len(e.sources), (n,), generator=gen)

@@ -356,6 +356,8 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("**This run** (means over effects, test samples and seeds; NFE counted):\n")
         add(tables.main_table(main_rows) + "\n")
         add(tables.legend(tables.metric_columns(main_rows)) + "\n")
+        add("**Training cost** of each method's artifacts (by kind of artifact):\n")
+        add(tables.cost_table(main_rows) + "\n")
         add("**This run, per effect** (each effect's own fidelity metric; a mean over effects can hide a method "
             "that is right on some effects and wrong on others):\n")
         add(tables.per_effect_table(main_rows, "method") + "\n")

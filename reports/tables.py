@@ -64,12 +64,22 @@ def _first(rows: pd.DataFrame, col: str, default):
     return rows[col].iloc[0] if col in rows.columns and len(rows) else default
 
 
+COST_ROLE = "cost"      # bench/cost.py: training-cost rows, one per artifact a cell used
+SHARED_KINDS = ("world", "base")  # artifacts every method of a run needs alike (left out of per-method sums)
+
+
+def quality(rows: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation rows: everything but the training-cost rows."""
+    return rows[rows["role"].fillna("") != COST_ROLE] if "role" in rows.columns else rows
+
+
 def metric_columns(rows: pd.DataFrame, *, paper_roles: bool = True) -> list[Column]:
     """One column per paper role (in the paper's order; NFE last), then every metric without a role.
 
     A role played by one measured metric is labelled with the role; by several, ``role (metric)``
     each. With ``paper_roles`` every paper role gets a column even when unmeasured (shown as —).
     """
+    rows = quality(rows)
     roles = rows["role"].fillna("") if "role" in rows.columns else pd.Series("", index=rows.index)
     cols: list[Column] = []
     for role in paper.ROLES:
@@ -211,6 +221,88 @@ def ratio_columns(groups: dict, keys: Sequence, col: Column) -> dict[str, list[s
     return out
 
 
+def training_cost(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Per ``by`` group: the training cost of every artifact its cells used, each artifact once
+    (bench/cost.py figures are exclusive, so summing over artifacts counts nothing twice).
+    Columns: ``passes`` (sample forward + backward passes through the transformer), ``cpu_s``,
+    ``wall_s``, ``uncounted`` (artifacts built before costs were recorded), for everything but the
+    shared base (``SHARED_KINDS``), and ``base_passes`` / ``base_cpu_s`` for that."""
+    cost = rows[rows["role"].fillna("") == COST_ROLE] if "role" in rows.columns else rows.iloc[:0]
+    if cost.empty or "artifact" not in cost.columns:
+        return pd.DataFrame()
+    cost = cost[cost.metric.isin(["train_forward", "train_backward", "train_cpu_s", "train_wall_s"])]
+    cost = cost.drop_duplicates([by, "artifact", "metric"]).assign(
+        kind=lambda d: d["artifact"].astype(str).str.split("/").str[0])
+    out = {}
+    for key, sub in cost.groupby(by):
+        own, shared = sub[~sub.kind.isin(SHARED_KINDS)], sub[sub.kind.isin(SHARED_KINDS)]
+
+        def total(d: pd.DataFrame, metrics: tuple[str, ...]) -> float:
+            return float(d[d.metric.isin(metrics) & (d.status == "ok")]["value"].sum())
+
+        out[key] = {"passes": total(own, ("train_forward", "train_backward")), "cpu_s": total(own, ("train_cpu_s",)),
+                    "wall_s": total(own, ("train_wall_s",)),
+                    "uncounted": int(own[own.status != "ok"]["artifact"].nunique()),
+                    "base_passes": total(shared, ("train_forward", "train_backward")),
+                    "base_cpu_s": total(shared, ("train_cpu_s",))}
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def cost_table(rows: pd.DataFrame) -> str:
+    """Method | one column per artifact kind (sample passes, CPU h) | total, and a last row with
+    the grid's total over its distinct artifacts (a teacher shared by four methods counted once)."""
+    cost = rows[rows["role"].fillna("") == COST_ROLE] if "role" in rows.columns else rows.iloc[:0]
+    if cost.empty or "artifact" not in cost.columns:
+        return "_no training-cost rows (cells run before costs were recorded)_"
+    cost = cost.assign(kind=cost["artifact"].astype(str).str.split("/").str[0])
+    kinds = list(dict.fromkeys(cost["kind"]))
+
+    def cell(d: pd.DataFrame) -> str:
+        d = d.drop_duplicates(["artifact", "metric"])
+        if d.empty:
+            return ""
+        ok = d[d.status == "ok"]
+        passes = ok[ok.metric.isin(["train_forward", "train_backward"])]["value"].sum()
+        cpu = ok[ok.metric == "train_cpu_s"]["value"].sum()
+        missing = d[d.status != "ok"]["artifact"].nunique()
+        text = f"{human_count(passes)} · {cpu / 3600:.2f} h" if len(ok) else "—"
+        return text + (f" (+{missing} uncounted)" if missing else "")
+
+    lines = []
+    for method in method_order(list(dict.fromkeys(cost["method"]))):
+        sub = cost[cost.method == method]
+        lines.append([label(method)] + [cell(sub[sub.kind == k]) for k in kinds] + [cell(sub)])
+    lines.append(["**all rows, each artifact once**"] + [cell(cost[cost.kind == k]) for k in kinds] + [cell(cost)])
+    frame = pd.DataFrame(lines, columns=["Method"] + kinds + ["total"])
+    return render(frame) + ("\n\nEach cell: sample forward + backward passes through the transformer · CPU hours, "
+                            "counted while the artifact was built (exclusive of the artifacts it needed).")
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def cost_cells(costs: pd.DataFrame, keys: Sequence) -> dict[str, list[str]]:
+    """The main / ablation table's training-cost columns for ``keys`` ("—" where not counted)."""
+    def cell(k, col: str, text: Callable[[float], str]) -> str:
+        if costs.empty or k not in costs.index:
+            return "—"
+        r = costs.loc[k]
+        return text(r[col]) + (f" (+{int(r['uncounted'])} uncounted)" if r["uncounted"] else "")
+
+    return {"training passes ↓": [cell(k, "passes", human_count) for k in keys],
+            "training CPU h ↓": [cell(k, "cpu_s", lambda v: f"{v / 3600:.2f}") for k in keys]}
+
+
+COST_NOTE = ("Training cost: counted while each artifact was built (bench/cost.py) -- sample forward + backward "
+             "passes through the transformer and CPU hours -- summed over everything the row needed (teachers, "
+             "their outputs, Lightning, the student), each artifact once; the base's pretraining, shared by "
+             "every row, is left out.")
+
+
 def n_sources(groups: dict, keys: Sequence) -> list[str]:
     """Test sources behind each row (the largest over its columns)."""
     return [str(max((len(g[k]) for g in groups.values() if k in g), default=0)) for k in keys]
@@ -245,6 +337,7 @@ def render(frame: pd.DataFrame) -> str:
 
 def means_table(rows: pd.DataFrame, index: tuple[str, ...] = ("method", "ablation")) -> str:
     """Mean of every metric per ``index`` group as a markdown table; best per column in bold."""
+    rows = quality(rows)
     ok = rows[rows["status"] == "ok"]
     if ok.empty:
         return "_no finished metric rows_"
@@ -330,7 +423,11 @@ def main_table(rows: pd.DataFrame, *, by_category: bool = False) -> str:
         else:
             for header, cells in ratio_columns(groups[c.label], keys, c).items():
                 out[header] = cells
-    return render(out) + "\n\n" + SIGNIFICANCE_NOTE
+    costs = training_cost(rows, "method")
+    if not by_category and not costs.empty:
+        for header, cells in cost_cells(costs, keys).items():
+            out[header] = cells
+    return render(out) + "\n\n" + SIGNIFICANCE_NOTE + ("" if costs.empty else " " + COST_NOTE)
 
 
 def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
@@ -380,7 +477,11 @@ def ablation_table(rows: pd.DataFrame) -> str:
     for c in cols:
         for header, cells in ratio_columns(groups[c.label], keyed, c).items():
             out[header] = cells
-    return render(out) + "\n\n" + SIGNIFICANCE_NOTE
+    costs = training_cost(rows, "ablation")
+    if not costs.empty:
+        for header, cells in cost_cells(costs, keyed).items():
+            out[header] = cells
+    return render(out) + "\n\n" + SIGNIFICANCE_NOTE + ("" if costs.empty else " " + COST_NOTE)
 
 
 def per_effect_table(rows: pd.DataFrame, by: str = "method") -> str:
@@ -390,7 +491,8 @@ def per_effect_table(rows: pd.DataFrame, by: str = "method") -> str:
     bold = significantly best in the effect's row (a texture: closest to 1, by log-distance).
     What a mean over effects hides -- a student right on some effects and off on others -- shows
     here."""
-    ok = rows[rows["status"] == "ok"]
+    ok = quality(rows)
+    ok = ok[ok["status"] == "ok"]
     if ok.empty or "variation" not in ok.columns:
         return "_no rows_"
     present = list(dict.fromkeys(ok[by].astype(str)))

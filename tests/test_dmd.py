@@ -238,6 +238,26 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert (tmp_path / "resumed" / "losses.csv").read_text().count("\n") == 7
 
 
+def test_a_resumed_run_counts_the_training_cost_of_the_killed_one(tmp_path):
+    """Passes and samples of a run killed after its step-3 checkpoint and resumed add up to the
+    uninterrupted run's (the checkpoint carries what was spent); every critic or generator update
+    backpropagates through the transformer at least once per sample (TA-FM / TS on an effect
+    batch add their own), and every step draws one batch."""
+    from bench import cost
+
+    with cost.measure() as full:
+        _trainer(tmp_path, 6, work="full").train()
+    with cost.measure():
+        _trainer(tmp_path, 3, work="resumed").train()
+    with cost.measure() as resumed:
+        _trainer(tmp_path, 6, work="resumed").train()
+    a, b = full[0], resumed[0]
+    assert (a.forward, a.backward, a.samples) == (b.forward, b.backward, b.samples)
+    generator_updates = 3  # gen_update_ratio 2 over 6 steps
+    assert a.backward >= 2 * (6 + generator_updates) and sum(a.samples.values()) == 2 * 6
+    assert a.forward > a.backward  # frozen scores, CFG branches and backward simulation: forwards only
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, 6, work="nan")
     orig = trainer.train_step

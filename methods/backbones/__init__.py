@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.cost import count_forward
 from bench.registry import Registry
 
 
@@ -96,6 +97,7 @@ class Backbone(ABC):
             return_dict=False,
         )[0]
         self.nfe += 1
+        count_forward(batch, out)  # training cost: this forward, and its backward if autograd runs one
         return out[:, :n_tokens].float()
 
 

@@ -1,0 +1,98 @@
+"""Training cost is counted, not declared (bench/cost.py): transformer passes per sample, the
+samples each effect got, seconds; exclusive per artifact, so a run's cost is a sum over the
+artifacts it used, each once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench import cost
+from bench.cache import ArtifactCache, ArtifactSpec
+from bench.config import LoraTrainConfig
+from methods.fm import EditPairs
+from methods.teachers import train_teacher
+from reports import tables
+
+
+def _pairs(n: int = 4) -> EditPairs:
+    gen = torch.Generator().manual_seed(0)
+    return EditPairs(torch.rand(n, 3, 8, 8, generator=gen), torch.rand(n, 3, 8, 8, generator=gen),
+                     ["make it red"] * n, ["red_00"] * n)
+
+
+def test_a_teachers_flow_matching_counts_one_forward_and_one_backward_per_sample(tiny_backbone, tmp_path):
+    cfg = LoraTrainConfig(rank=4, alpha=4, steps=5, batch_size=3, lr=1e-3)
+    with cost.measure() as measured:
+        train_teacher(tiny_backbone, _pairs(), cfg, shift=3.0, seed=0, out_dir=tmp_path / "t", desc="t")
+    c = measured[0]
+    assert (c.forward, c.backward, c.samples) == (15, 15, {"red_00": 15})
+    assert c.wall_s > 0 and c.cpu_s > 0
+
+
+def test_a_frozen_forward_counts_no_backward_and_cfg_counts_each_branch(tiny_backbone):
+    bb = tiny_backbone
+    x = bb.encode_images(torch.rand(2, 3, 8, 8))
+    cond, uncond = bb.encode_prompts(["a", "b"]), bb.encode_prompts(["", ""])
+    with cost.measure() as measured, torch.no_grad():
+        bb.velocity(x, torch.tensor([0.5, 0.5]), x, cond, bb.latent_grid(8, 8))   # conditional branch
+        bb.velocity(x, torch.tensor([0.5, 0.5]), x, uncond, bb.latent_grid(8, 8))  # and the unconditional one
+    assert (measured[0].forward, measured[0].backward) == (4, 0)
+
+
+def test_a_nested_build_owns_its_cost_and_the_cache_stores_it(tiny_backbone, tmp_path):
+    """A student's build that trains its teacher first: each artifact's cost.json holds its own
+    passes only, and the two add up to everything that ran."""
+    cache = ArtifactCache(tmp_path / "cache", verbose=False)
+    cfg = LoraTrainConfig(rank=4, alpha=4, steps=2, batch_size=2, lr=1e-3)
+
+    def teacher(out):
+        train_teacher(tiny_backbone, _pairs(), cfg, shift=3.0, seed=0, out_dir=out, desc="teacher")
+
+    def student(out):
+        cache.get_or_build(ArtifactSpec("teachers", {"n": 1}), teacher)
+        train_teacher(tiny_backbone, _pairs(), LoraTrainConfig(rank=4, alpha=4, steps=3, batch_size=2, lr=1e-3),
+                      shift=3.0, seed=1, out_dir=out, desc="student")
+
+    with cost.measure() as total:
+        path = cache.get_or_build(ArtifactSpec("students", {"n": 1}), student)
+    inner = cost.Cost.read(cache.path(ArtifactSpec("teachers", {"n": 1})))
+    outer = cost.Cost.read(path)
+    assert (inner.forward, outer.forward) == (4, 6)
+    assert (total[0].forward, total[0].backward) == (0, 0)  # the enclosing frame ran no pass of its own
+    assert set(cache.used) == {f"students/{ArtifactSpec('students', {'n': 1}).key}",
+                               f"teachers/{ArtifactSpec('teachers', {'n': 1}).key}"}
+
+
+def _cost_rows(method: str, artifacts: dict[str, float]) -> list[dict]:
+    out = []
+    for artifact, passes in artifacts.items():
+        for metric, value in (("train_forward", passes / 2), ("train_backward", passes / 2), ("train_cpu_s", 36.0),
+                              ("train_wall_s", 40.0)):
+            out.append({"method": method, "ablation": "none", "n_effects": 2, "artifact": artifact, "metric": metric,
+                        "value": value, "status": "ok", "role": "cost", "effect": "", "sample": 0, "note": ""})
+    return out
+
+
+def test_the_report_sums_each_method_its_artifacts_and_the_grid_each_artifact_once():
+    """Base and ours share the teachers: each method's column counts them, the grid's total once;
+    the shared base's pretraining is not in any method's sum."""
+    rows = pd.DataFrame(_cost_rows("base", {"base/b": 1000, "teachers/t1": 100, "teachers/t2": 100})
+                        + _cost_rows("ours", {"base/b": 1000, "teachers/t1": 100, "teachers/t2": 100,
+                                              "collectionlora/s": 300}))
+    costs = tables.training_cost(rows)
+    assert costs.loc["base", "passes"] == 200 and costs.loc["ours", "passes"] == 500
+    assert costs.loc["ours", "base_passes"] == 1000
+    text = tables.cost_table(rows)
+    total = next(line for line in text.splitlines() if "each artifact once" in line)
+    assert total.rstrip(" |").split("|")[-1].strip().startswith("1.5 k")  # 1000 + 2 x 100 + 300, not 2700
+
+
+def test_an_artifact_built_before_costs_were_counted_is_uncounted_not_zero(tmp_path):
+    (tmp_path / "old").mkdir()
+    recs = cost.cost_records({"teachers/old": ("teacher LoRA x", tmp_path / "old")})
+    assert {r["status"] for r in recs} == {"missing"} and all(np.isnan(r["value"]) for r in recs)
+    assert "built before training costs were recorded" in recs[0]["note"]
+    rows = pd.DataFrame([{**r, "method": "ours", "ablation": "none", "n_effects": 1} for r in recs])
+    assert tables.cost_cells(tables.training_cost(rows), ["ours"])["training passes ↓"] == ["0 (+1 uncounted)"]
