@@ -16,7 +16,16 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports import paper_numbers as paper  # noqa: E402
-from reports.tables import DEPLOY_METHOD, deployment_agg, label, method_order, metric_columns  # noqa: E402
+from reports import stats  # noqa: E402
+from reports.tables import (  # noqa: E402
+    DEPLOY_METHOD,
+    deployment_agg,
+    human_count,
+    label,
+    method_order,
+    metric_columns,
+    training_cost,
+)
 
 # The paper's rows, each adding one component: (1) vanilla multi-teacher DMD ... (5) full.
 ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PDSR", "tafm,ts": "(3) +AOP",
@@ -107,6 +116,41 @@ def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: boo
         ax.set_title("paper (reported)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def quality_vs_cost(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
+    """``role``'s metric (mean and 95 % interval over test sources) against each method's counted
+    training passes (its artifacts but the shared base; reports.tables.training_cost), one point
+    per method that trains something and whose artifacts were all counted."""
+    c = _role_column(rows, role)
+    costs = training_cost(rows, "method")
+    if c is None or costs.empty:
+        return None
+    ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    drawn = 0
+    for k, m in enumerate(method_order(ok.method.unique())):
+        if m not in costs.index or costs.loc[m, "uncounted"] or costs.loc[m, "passes"] <= 0:
+            continue
+        ci = stats.bootstrap_ci(stats.cluster_means(ok[ok.method == m]))
+        x = costs.loc[m, "passes"]
+        ax.errorbar([x], [ci.mean], yerr=[[ci.mean - ci.lo], [ci.hi - ci.mean]], marker=LINE_MARKERS[k % 6],
+                    capsize=3, linestyle="none", label=f"{label(m)} (n={ci.n})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, hi / 10), max(hi, lo * 10))  # at least a decade: readable ticks, honest spacing
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_count(v)))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("training passes (counted; the shared base left out)")
+    ax.set_ylabel(f"{c.metric} {c.arrow}")
+    ax.set_title(f"{role}-role metric vs training cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

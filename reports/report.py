@@ -358,6 +358,10 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add(tables.legend(tables.metric_columns(main_rows)) + "\n")
         add("**Training cost** of each method's artifacts (by kind of artifact):\n")
         add(tables.cost_table(main_rows) + "\n")
+        for role in ("CLIP", "DreamSim"):
+            p = plots.quality_vs_cost(main_rows, role, assets / f"cost_{role.lower()}.png")
+            if p:
+                add(f"![{role}-role metric vs training passes]({rel(p)})\n")
         add("**This run, per effect** (each effect's own fidelity metric; a mean over effects can hide a method "
             "that is right on some effects and wrong on others):\n")
         add(tables.per_effect_table(main_rows, "method") + "\n")

@@ -255,7 +255,8 @@ def cost_table(rows: pd.DataFrame) -> str:
     if cost.empty or "artifact" not in cost.columns:
         return "_no training-cost rows (cells run before costs were recorded)_"
     cost = cost.assign(kind=cost["artifact"].astype(str).str.split("/").str[0])
-    kinds = list(dict.fromkeys(cost["kind"]))
+    order = ["world", "base", "teachers", "teacher_outputs", "lightning", "fm_all_in_1", "collectionlora"]
+    kinds = sorted(dict.fromkeys(cost["kind"]), key=lambda k: (order.index(k) if k in order else len(order), k))
 
     def cell(d: pd.DataFrame) -> str:
         d = d.drop_duplicates(["artifact", "metric"])

@@ -96,3 +96,18 @@ def test_an_artifact_built_before_costs_were_counted_is_uncounted_not_zero(tmp_p
     assert "built before training costs were recorded" in recs[0]["note"]
     rows = pd.DataFrame([{**r, "method": "ours", "ablation": "none", "n_effects": 1} for r in recs])
     assert tables.cost_cells(tables.training_cost(rows), ["ours"])["training passes ↓"] == ["0 (+1 uncounted)"]
+
+
+def test_quality_is_plotted_against_counted_training_passes(tmp_path):
+    """One point per method whose artifacts were all counted; none when nothing was counted."""
+    from reports import plots
+
+    quality = [{"method": m, "ablation": "none", "n_effects": 2, "effect": "e", "sample": s, "metric": "gt_mode_mae",
+                "value": v + 0.01 * s, "status": "ok", "role": "DreamSim", "higher_is_better": False, "note": "",
+                "synthetic": True, "unit": "MAE 0-1"} for m, v in (("fm_all_in_1", 0.09), ("ours", 0.1))
+               for s in range(6)]
+    rows = pd.DataFrame(quality + _cost_rows("fm_all_in_1", {"teachers/t1": 100, "fm_all_in_1/f": 400})
+                        + _cost_rows("ours", {"teachers/t1": 100, "collectionlora/s": 900}))
+    path = plots.quality_vs_cost(rows, "DreamSim", tmp_path / "cost.png")
+    assert path is not None and path.stat().st_size > 1000
+    assert plots.quality_vs_cost(pd.DataFrame(quality), "DreamSim", tmp_path / "none.png") is None
