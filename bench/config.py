@@ -91,6 +91,11 @@ class LoraTrainConfig:
     mode_scale: float = 1.29
     uncond_prob: float = 0.1
     grad_clip: float = 1.0
+    # Train until this artifact's own counted transformer passes (sample forward + backward,
+    # bench/cost.py) reach this many, however many steps that takes (``steps`` then only sizes
+    # the progress bar; methods/fm.py BUDGET_STEP_CAP). None: train ``steps``. The
+    # compute-matched main grid sets it (bench/grids.py ``main_matched``).
+    budget_passes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,12 @@ class DistillConfig:
     # Every K steps publish the student as the finished artifact of this same run with
     # steps=k (a k-step run is exactly the first k steps), so a training curve costs one run.
     snapshot_every: int = 0          # 0: off. Like the two above, not part of the artifact key.
+    budget_passes: int | None = None  # as LoraTrainConfig.budget_passes (no snapshots: a curve needs fixed steps)
+
+    def __post_init__(self) -> None:
+        if self.budget_passes is not None and self.snapshot_every:
+            raise ValueError("distill.budget_passes and distill.snapshot_every: a budget-stopped run has no "
+                             "fixed length, so its prefixes are not the shorter runs; set one of them")
 
 
 @dataclass(frozen=True)
@@ -342,18 +353,30 @@ def to_json(cfg: Any) -> str:
 BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "snapshot_every")
 
 
+# Fields added after artifacts were cached: left out of keys and cell ids while unset (None), so
+# adding them changed no existing key; set, they are keyed like any other field.
+KEYED_WHEN_SET = ("budget_passes",)
+
+
+def _unset_dropped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unset_dropped(v) for k, v in value.items() if not (k in KEYED_WHEN_SET and v is None)}
+    return value
+
+
 def result_dict(cfg: Any) -> Any:
-    """``to_dict(cfg)`` without the bookkeeping fields, at any depth."""
+    """``to_dict(cfg)`` without the bookkeeping fields (and unset ``KEYED_WHEN_SET``), at any depth."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k not in BOOKKEEPING_FIELDS}
         return value
 
-    return strip(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
+    return _unset_dropped(strip(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg))
 
 
 def config_hash(*parts: Any, length: int = 12) -> str:
-    """Short content hash of configs/values (dataclasses are hashed through their dict)."""
-    norm = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    """Short content hash of configs/values (dataclasses are hashed through their dict; unset
+    ``KEYED_WHEN_SET`` fields left out)."""
+    norm = [_unset_dropped(to_dict(p)) if dataclasses.is_dataclass(p) else _unset_dropped(p) for p in parts]
     blob = json.dumps(norm, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -9,6 +9,9 @@ Grids and what they reproduce:
 
 * ``main``        Table 1: base, lightning, fm_all_in_1, ours (+ merge baselines when registered)
 * ``scaling``     LoRA scaling: the four paper methods x 10 / 20 / 50 / 100 / 180 effects
+* ``main_matched`` Table 1 at equal training compute: FM all-in-1 trained until its counted
+  transformer passes (bench/cost.py) reach ``ours``'s at the published settings; the other cells
+  are main's
 * ``ablation``    component ablation: the paper's five rows over PDSR / AOP / TS / TA-FM
 * ``curves``      training curves: ``ours`` and its ablations evaluated every K distillation steps
 * ``deployment``  deployment cost at 10 / 20 / 50 / 100 / 150 effects (measured, bench/studies/deployment/)
@@ -64,7 +67,7 @@ ABLATION_ROWS: tuple[tuple[str, ...], ...] = (
 # the main table on the run's own effects; a grid not listed here tags nothing (the report
 # places its cells by their config).
 TAGS: dict[str, str] = {"main": "main", "methods": "main", "scaling": "scaling", "ablation": "ablation",
-                        "curves": "curves", "deployment": "deployment"}
+                        "curves": "curves", "deployment": "deployment", "main_matched": "main_matched"}
 # ``paper`` is these grids, each cell once. Curves first: their full runs publish the curve
 # points (and are ablation's / main's LoRAs).
 PAPER_PARTS: tuple[str, ...] = ("curves", "main", "ablation", "scaling", "deployment")
@@ -83,6 +86,10 @@ class GridSizes:
     capacity: int = 50                     # deployment: effects one CollectionLoRA holds (the paper's 50)
     requests_per_effect: int = 4           # deployment: paraphrased routing requests per effect
     timing_repeats: int = 5                # deployment: repeats of each latency measurement
+    # main_matched: the training passes of ``ours`` at the preset's published settings, counted by
+    # bench/cost.py (a DMD step's passes do not depend on the number of effects);
+    # ``fm_all.budget_passes=N`` sets another budget
+    matched_passes: int = 0
 
 
 PAPER_SIZES = GridSizes(main_effects=50, scaling=(10, 20, 50, 100, 180), deployment=(10, 20, 50, 100, 150),
@@ -90,7 +97,8 @@ PAPER_SIZES = GridSizes(main_effects=50, scaling=(10, 20, 50, 100, 180), deploym
 # smoke: the same grids on the smoke preset's 3 effects; deployment keeps the paper's N (it trains
 # nothing: adapter files of the right shapes, routing on paraphrases, timed switches).
 SMOKE_SIZES = GridSizes(main_effects=3, scaling=(2, 3, 4), deployment=(10, 20, 50, 100, 150),
-                        curve_points=3, requests_per_effect=2, timing_repeats=3)
+                        curve_points=3, requests_per_effect=2, timing_repeats=3,
+                        matched_passes=2552)  # smoke ours: 2088 forward + 464 backward sample passes
 SIZES: dict[str, GridSizes] = {"smoke": SMOKE_SIZES}
 
 
@@ -138,6 +146,20 @@ def main(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """Table 1: every method on the 50-in-1 effects (merge baselines included when registered)."""
     n = main_effects(base, main_n)
     return [_cell(base, m, n=n) for m in main_methods()]
+
+
+@GRIDS.register("main_matched")
+def main_matched(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
+    """Table 1 at equal training compute: main's cells, but FM all-in-1 trains until its own
+    counted transformer passes reach ``ours``'s at the published settings, however many steps
+    that takes. The merges train nothing of their own and Base / Lightning
+    are the teachers' and the base's, so those cells are main's."""
+    budget = base.fm_all.budget_passes or sizes(base).matched_passes
+    if not budget:
+        raise ValueError("--grid main_matched: no training budget for this preset; set fm_all.budget_passes=N "
+                         "(ours's counted passes: the main table's 'training passes' column)")
+    fm = replace(base.fm_all, budget_passes=budget)
+    return [replace(c, fm_all=fm) if c.method == "fm_all_in_1" else c for c in main(base, main_n=main_n)]
 
 
 @GRIDS.register("scaling")

@@ -150,6 +150,16 @@ def mean_over_ranks(value: torch.Tensor, env: DistEnv) -> float:
     return float(total / env.world_size)
 
 
+def passes_over_ranks(passes: int, env: DistEnv) -> int:
+    """A count summed over the ranks (each counts the passes of its own shard); in one process
+    the count itself."""
+    if env.world_size == 1:
+        return passes
+    total = torch.tensor(float(passes), dtype=torch.float64)
+    dist.all_reduce(total)
+    return int(total)
+
+
 def shard(n: int, env: DistEnv) -> slice:
     """This rank's contiguous slice of a batch of ``n`` (equal shards: the mean of shard means is
     the full-batch mean)."""

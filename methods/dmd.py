@@ -51,7 +51,7 @@ from methods.adapters import AdapterBank
 from methods.backbones import Backbone, TextCondition
 from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
 from methods.flow import add_noise, check_sampler, predict_x0, sampler_step, shift_sigmas, sigma_schedule, true_cfg
-from methods.fm import NonFiniteLossError
+from methods.fm import NonFiniteLossError, budget_spent, step_limit
 from methods.lora import lora_config, save_lora
 from methods.streams import DistillBatch, StreamSampler
 
@@ -323,7 +323,8 @@ class DMDTrainer:
     def train(self) -> list[dict]:
         self._resume()
         bar = progress(total=self.cfg.steps, initial=self.step, desc=self.desc)
-        while self.step < self.cfg.steps:
+        limit = step_limit(self.cfg.steps, self.cfg.budget_passes)  # under a pass budget the budget decides
+        while self.step < limit and not budget_spent(self.cfg.budget_passes, self.env):
             log = self.train_step()
             self.history.append(log)
             bar.update(1)
@@ -331,7 +332,8 @@ class DMDTrainer:
                 bar.set_postfix(dmd=f"{log['dmd']:.4f}", critic=f"{log['critic']:.4f}")
             for cb in self.callbacks:
                 cb.on_step_end(self, log)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            last = self.step == limit or budget_spent(self.cfg.budget_passes, self.env)
+            if self.step % self.cfg.checkpoint_every == 0 or last:
                 path = self.save_checkpoint()
                 for cb in self.callbacks:
                     if path is not None:

@@ -16,11 +16,18 @@ from pathlib import Path
 import torch
 from diffusers.optimization import get_scheduler
 
-from bench.cost import count_samples
+from bench.cost import count_samples, so_far
 from bench.errors import BenchError
 from bench.progress import progress
 from methods.backbones import Backbone
-from methods.distributed import DistEnv, average_gradients, broadcast_parameters, mean_over_ranks, shard
+from methods.distributed import (
+    DistEnv,
+    average_gradients,
+    broadcast_parameters,
+    mean_over_ranks,
+    passes_over_ranks,
+    shard,
+)
 from methods.flow import add_noise, fm_loss, sample_training_sigmas
 
 
@@ -56,6 +63,7 @@ class FMSettings:
     logit_std: float = 1.0
     mode_scale: float = 1.29
     weight_decay: float = 1e-4
+    budget_passes: int | None = None  # stop once this build's counted passes reach it (steps: the cap)
 
 
 class NonFiniteLossError(BenchError, FloatingPointError):
@@ -93,7 +101,8 @@ def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettin
     mine = shard(settings.batch_size, env)     # this rank's part of it (all of it in one process)
     backbone.transformer.train()
     losses: list[float] = []
-    bar = progress(range(settings.steps), desc=desc) if env.is_main else range(settings.steps)
+    limit = step_limit(settings.steps, settings.budget_passes)
+    bar = progress(range(limit), total=settings.steps, desc=desc) if env.is_main else range(limit)
     for step in bar:
         # the full batch, drawn alike on every rank (always in this order: the RNG stream is the run)
         idx = torch.randint(len(pairs.prompts), (settings.batch_size,), generator=gen)
@@ -126,10 +135,38 @@ def train_flow_matching(backbone: Backbone, pairs: EditPairs, settings: FMSettin
         losses.append(value)
         if env.is_main and step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
+        if budget_spent(settings.budget_passes, env):
+            break
+    else:
+        if settings.budget_passes is not None:
+            raise BudgetNotReachedError(desc, settings.budget_passes, limit)
     backbone.transformer.eval()
     if log_path is not None and env.is_main:
         write_loss_csv(log_path, losses)
     return losses
+
+
+BUDGET_STEP_CAP = 100  # under a pass budget, ``steps`` is an estimate; training stops at 100x it regardless
+
+
+class BudgetNotReachedError(BenchError, RuntimeError):
+    def __init__(self, desc: str, budget: int, steps: int) -> None:
+        super().__init__(f"{desc}: the pass budget {budget} was not spent in {steps} steps; is the training counted "
+                         "(a build outside ArtifactCache is not measured; bench/cost.py)?")
+
+
+def step_limit(steps: int, budget: int | None) -> int:
+    """The most steps a loop takes: ``steps``, or under a pass budget ``BUDGET_STEP_CAP`` x it
+    (the budget decides; ``steps`` only sizes the progress bar and the cap)."""
+    return steps if budget is None else BUDGET_STEP_CAP * steps
+
+
+def budget_spent(budget: int | None, env: DistEnv) -> bool:
+    """Whether this build's counted transformer passes (bench/cost.py), summed over ranks so every
+    rank decides alike, have reached ``budget`` (None: no budget)."""
+    if budget is None:
+        return False
+    return passes_over_ranks(so_far().passes, env) >= budget
 
 
 def write_loss_csv(path: str | Path, losses: list[float]) -> None:

@@ -33,7 +33,7 @@ def train_teacher(backbone: Backbone, pairs: EditPairs, cfg: LoraTrainConfig, *,
         settings = FMSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, shift=shift,
                               uncond_prob=cfg.uncond_prob, grad_clip=cfg.grad_clip,
                               weighting_scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean,
-                              logit_std=cfg.logit_std, mode_scale=cfg.mode_scale)
+                              logit_std=cfg.logit_std, mode_scale=cfg.mode_scale, budget_passes=cfg.budget_passes)
         train_flow_matching(backbone, pairs, settings, seed=seed, log_path=out_dir / "loss.csv", desc=desc, env=env)
         return save_lora(transformer, TRAINING_ADAPTER, out_dir) if env.is_main else None
     finally:

@@ -91,16 +91,7 @@ def claims(main: pd.DataFrame, scaling: pd.DataFrame, ablation: pd.DataFrame) ->
         out.append(text)
     else:
         out.append("- (c1) FM all-in-1 vs N: not measured (needs the scaling grid at two or more N).")
-    if {"ours", "fm_all_in_1"} <= methods:
-        r = _compare(main, "method", "ours", "fm_all_in_1")
-        t = _tally(r)
-        n = int(main["n_effects"].max())
-        verdict = "holds" if t["better"] > len(r) / 2 else "does not hold"
-        out.append(f"- **(c2) FM all-in-1 is behind ours at N={n}: {verdict}"
-                   f"** ({t['better']} of {len(r)} columns significantly better for ours). ours − fm_all_in_1: "
-                   f"{_line(r)}.")
-    else:
-        out.append("- (c2) ours vs FM all-in-1: not measured.")
+    out.append(_c2(main))
     # (d)
     if len(ablation):
         present = set(ablation["ablation"])
@@ -120,6 +111,23 @@ def claims(main: pd.DataFrame, scaling: pd.DataFrame, ablation: pd.DataFrame) ->
     else:
         out.append("- (d) component ablation: not measured (run `--grid ablation`).")
     return out
+
+
+def _c2(main: pd.DataFrame, setting: str = "") -> str:
+    """(c2) from rows holding ``ours`` and ``fm_all_in_1`` at one N."""
+    if not len(main) or not {"ours", "fm_all_in_1"} <= set(main["method"]):
+        return f"- (c2){setting} ours vs FM all-in-1: not measured."
+    r = _compare(main, "method", "ours", "fm_all_in_1")
+    t = _tally(r)
+    n = int(main["n_effects"].max())
+    verdict = "holds" if t["better"] > len(r) / 2 else "does not hold"
+    return (f"- **(c2){setting} FM all-in-1 is behind ours at N={n}: {verdict}"
+            f"** ({t['better']} of {len(r)} columns significantly better for ours). ours − fm_all_in_1: {_line(r)}.")
+
+
+def at_equal_compute(matched: pd.DataFrame) -> str:
+    """Claim (c2) answered again on the compute-matched grid's rows."""
+    return _c2(matched, " at equal training compute:")
 
 
 def _ablation_rows() -> list[tuple[str, ...]]:

@@ -154,7 +154,13 @@ def load_cells(runs: Path) -> list[Cell]:
 
 
 # What a grid varies between its cells; everything else defines the experiment's "family".
-GRID_KEYS = ("method", "components_off", "n_effects", "seed", *CURVE_FREE_KEYS)
+GRID_KEYS = ("method", "components_off", "n_effects", "seed", "fm_all.budget_passes", "distill.budget_passes",
+             *CURVE_FREE_KEYS)
+
+
+def budgeted(cell: Cell) -> bool:
+    """Trained to a pass budget (``fm_all`` / ``distill.budget_passes``: the compute-matched grid)."""
+    return any((cell.config.get(section) or {}).get("budget_passes") is not None for section in ("fm_all", "distill"))
 
 
 def family(cell: Cell) -> str:
@@ -183,12 +189,14 @@ def classify(cells: list[Cell]) -> dict[str, Any]:
     # the tables the grids tagged their cells for; untagged cells placed by their configs
     tagged = [c for c in runs if c.tags]
     guess, guess_n = _guess_sections([c for c in runs if not c.tags])
-    main = _finals([c for c in tagged if "main" in c.tags])[0] + guess["main"]
+    main = [c for c in _finals([c for c in tagged if "main" in c.tags])[0] + guess["main"] if not budgeted(c)]
+    matched = _finals([c for c in tagged if "main_matched" in c.tags])[0]
     ablation = _finals([c for c in tagged if "ablation" in c.tags])[0] + guess["ablation"]
     scaling = _finals([c for c in tagged if "scaling" in c.tags])[0] + guess["scaling"]
     curves = [c for c in tagged if "curves" in c.tags] + guess["curves"]
     main_n = _modal_n(main) or guess_n or _modal_n(ablation + curves + scaling)
     main = [c for c in main if c.n_effects == main_n]
+    matched = [c for c in matched if c.n_effects == main_n]
     ablation_n = main_n if any(c.n_effects == main_n for c in ablation) else _modal_n(ablation)
     ablation = [c for c in ablation if c.n_effects == ablation_n]
     if len(ablation) < 2:  # one row compares nothing
@@ -203,11 +211,12 @@ def classify(cells: list[Cell]) -> dict[str, Any]:
     deployment_other = bool(deployment) and not same
     deployment = same or deployment  # deployment costs barely depend on training settings
     for name, members in (("main", main), ("ablation", ablation), ("scaling", scaling), ("curves", curves),
-                          ("deployment", deployment)):
+                          ("deployment", deployment), ("main_matched", matched)):
         for c in members:
             c.roles.append(name)
     others = [c for c in done if c.kind == "run" and family(c) != chosen]
-    return {"main_n": main_n, "ablation_n": ablation_n or main_n, "main": main, "ablation": ablation,
+    return {"main_n": main_n, "ablation_n": ablation_n or main_n, "main": main, "main_matched": matched,
+            "ablation": ablation,
             "scaling": scaling, "curves": curves, "deployment": deployment,
             "deployment_other_config": deployment_other, "other_family": others,
             "family": json.loads(chosen) if chosen else {}}
@@ -379,6 +388,15 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     gate = _world_gate(runs)
     add(gate + "\n")
     add("\n".join(claims.claims(main_rows, scaling_rows, ab_rows)) + "\n")
+
+    matched_rows = rows_of(sec["main_matched"])
+    if len(matched_rows):
+        budgets = sorted({(c.config.get("fm_all") or {}).get("budget_passes") for c in sec["main_matched"]} - {None})
+        add("### At equal training compute (`--grid main_matched`)\n")
+        add(f"FM all-in-1 trained until its own counted transformer passes reached {', '.join(map(str, budgets))} "
+            "(`ours`'s at the published settings); the other rows are the main table's:\n")
+        add(tables.main_table(matched_rows) + "\n")
+        add(claims.at_equal_compute(matched_rows) + "\n")
 
     # 2. scaling -----------------------------------------------------------------------------------
     add("## 2. LoRA scaling\n")

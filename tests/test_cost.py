@@ -111,3 +111,12 @@ def test_quality_is_plotted_against_counted_training_passes(tmp_path):
     path = plots.quality_vs_cost(rows, "DreamSim", tmp_path / "cost.png")
     assert path is not None and path.stat().st_size > 1000
     assert plots.quality_vs_cost(pd.DataFrame(quality), "DreamSim", tmp_path / "none.png") is None
+
+
+def test_a_pass_budget_stops_training_once_the_counted_passes_reach_it(tiny_backbone, tmp_path):
+    """batch 3: 6 passes a step; a budget of 10 stops after the second step, whatever ``steps`` says."""
+    cfg = LoraTrainConfig(rank=4, alpha=4, steps=100, batch_size=3, lr=1e-3, budget_passes=10)
+    with cost.measure() as measured:
+        train_teacher(tiny_backbone, _pairs(), cfg, shift=3.0, seed=0, out_dir=tmp_path / "t", desc="t")
+    assert measured[0].passes == 12
+    assert (tmp_path / "t" / "loss.csv").read_text().count("\n") == 3  # header + 2 steps

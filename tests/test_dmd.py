@@ -258,6 +258,24 @@ def test_a_resumed_run_counts_the_training_cost_of_the_killed_one(tmp_path):
     assert a.forward > a.backward  # frozen scores, CFG branches and backward simulation: forwards only
 
 
+def test_a_pass_budget_ends_distillation_before_its_step_cap(tmp_path):
+    """distill.budget_passes: the loop stops on the step whose counted passes reach the budget,
+    and checkpoints that state (a rerun finds it finished)."""
+    from dataclasses import replace
+
+    from bench import cost
+
+    with cost.measure() as one:
+        _trainer(tmp_path, 1, work="one").train()
+    per_step = one[0].passes
+    trainer = _trainer(tmp_path, 50, work="budget")
+    trainer.cfg = replace(trainer.cfg, budget_passes=3 * per_step)
+    with cost.measure() as spent:
+        history = trainer.train()
+    assert 2 <= len(history) < 50 and spent[0].passes >= 3 * per_step
+    assert sorted(p.name for p in (tmp_path / "budget").glob("ckpt-*.pt"))[-1] == f"ckpt-{len(history):08d}.pt"
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, 6, work="nan")
     orig = trainer.train_step

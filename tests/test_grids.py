@@ -244,3 +244,30 @@ def test_effects_n_sets_the_50_in_1_experiments_even_at_the_presets_own_default(
         assert {c.cell.n_effects for c in grid_cells(grid, synth, main_n=10)} == {10}, grid
     paper = grid_cells("paper", synth, main_n=10, scaling_effects=(10, 20))
     assert {c.cell.n_effects for c in paper if "ablation" in c.tags} == {10}
+
+
+def test_main_matched_gives_fm_all_in_1_ours_training_passes_and_keeps_mains_other_cells(smoke):
+    main = {c.method: c for c in GRIDS.get("main")(smoke)}
+    matched = {c.method: c for c in GRIDS.get("main_matched")(smoke)}
+    assert set(matched) == set(main)
+    fm = matched["fm_all_in_1"]
+    assert fm.fm_all.budget_passes == SMOKE_SIZES.matched_passes and fm.fm_all.steps == smoke.fm_all.steps
+    assert cell_id(fm) != cell_id(main["fm_all_in_1"])
+    assert all(cell_id(matched[m]) == cell_id(main[m]) for m in main if m != "fm_all_in_1")  # shared, run once
+    own = GRIDS.get("main_matched")(replace(smoke, fm_all=replace(smoke.fm_all, budget_passes=1234)))
+    assert {c.fm_all.budget_passes for c in own if c.method == "fm_all_in_1"} == {1234}
+
+
+def test_an_unset_budget_leaves_every_existing_key_as_it_was(synth):
+    """budget_passes joined the configs after artifacts were cached: unset, it is in no key."""
+    import hashlib
+    import json
+
+    from bench.config import config_hash, result_dict, to_dict
+
+    d = to_dict(synth.teacher)
+    assert d.pop("budget_passes") is None
+    old = hashlib.sha256(json.dumps([d], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert config_hash(synth.teacher) == old
+    assert "budget_passes" not in result_dict(synth)["distill"]
+    assert config_hash(replace(synth.teacher, budget_passes=10)) != old

@@ -432,6 +432,30 @@ def test_a_cell_lands_in_the_table_of_the_grid_that_made_it(tmp_path, stub_train
     assert sum(line.startswith("| (") for line in _section(text, "4.").splitlines()) == 5
 
 
+def test_the_compute_matched_grid_has_its_own_table_and_stays_out_of_the_main_one(tmp_path, stub_training):
+    """``--grid main_matched`` after ``--grid main`` trains only the budgeted FM all-in-1; its cell is
+    not averaged into the main table's FM all-in-1 row but fills the equal-compute table, which
+    answers claim (c2) again."""
+    from bench.cache import ArtifactCache
+    from bench.grids import main_methods
+    from bench.runner import run_grid
+
+    trained, _ = stub_training
+    smoke, out = PRESETS.get("smoke")(), tmp_path / "runs"
+    cache = ArtifactCache(tmp_path / "cache", verbose=False)
+    assert run_grid("main", smoke, out, cache) == 0
+    assert run_grid("main_matched", smoke, out, cache) == 0
+    assert len(trained) == len(main_methods()) + 1  # the other cells are main's
+    text = (out / "report.md").read_text()
+    main, matched = text.split("### At equal training compute")
+    main = main.split("## 1.")[1]
+    fm_rows = [line for line in main.splitlines() if line.startswith("| 3 effects in 1 | FM all-in-1")]
+    assert len(fm_rows) == 1 and "cell(s) ran with another config" not in text
+    matched = matched.split("## 2.")[0]
+    assert "reached 2552" in matched and "(c2) at equal training compute:" in matched
+    assert all(tables.label(m) in matched for m in main_methods())
+
+
 def test_a_failed_cells_error_is_kept_shown_and_cleared_through_the_store(tmp_path, stub_training):
     """A cell that fails in a grid: its traceback is stored with it, the report and ``--status``
     show its last line; once it runs through, the error is gone from both."""
