@@ -17,7 +17,7 @@ import pandas as pd
 
 from reports import paper_numbers as paper
 from reports import stats
-from reports.tables import cluster_columns, metric_columns
+from reports.tables import cluster_columns, metric_columns, quality
 
 ROLES = ("CLIP", "DreamSim", "DINO", "VSA", "EditReward", "BCR")
 
@@ -80,7 +80,7 @@ def claims(main: pd.DataFrame, scaling: pd.DataFrame, ablation: pd.DataFrame) ->
     if len(ns) >= 2:
         lo, hi = ns[0], ns[-1]
         # the same effects at both N: the first lo effects of the catalogue
-        shared = set(fm[fm.n_effects == lo]["effect"])
+        shared = set(quality(fm[fm.n_effects == lo])["effect"])
         sub = fm[fm["effect"].isin(shared)]
         r = _compare(sub, "n_effects", hi, lo)
         t = _tally(r)

@@ -568,7 +568,7 @@ def _qualitative(sec: dict, assets: Path, rel, opts: ReportOptions) -> str:
         from bench.data.loader import load_effectbench
 
         bench = load_effectbench(root)
-    effects = list(dict.fromkeys(shown[0].rows["effect"]))[: opts.grid_effects]
+    effects = list(dict.fromkeys(tables.quality(shown[0].rows)["effect"]))[: opts.grid_effects]
     lines = []
     if bench is None:
         lines.append("_the EffectBench is not on disk here (pass `--cache`), so sources and ground truth are "
