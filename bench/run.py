@@ -116,7 +116,7 @@ def _main(args: argparse.Namespace) -> int:
     except (UnknownNameError, ValueError) as err:
         raise UsageError(str(err)) from err
     from methods import distributed
-    from reports.tables import means_table
+    from reports.tables import cost_line, means_table
 
     started = time.perf_counter()
     if distributed.init().world_size > 1 and (args.grid or (args.executor or "local") != "local"):
@@ -140,6 +140,8 @@ def _main(args: argparse.Namespace) -> int:
     print()
     print(f"{cfg.method} on {cfg.n_effects} effects (preset {cfg.preset}, seed {cfg.seed}):")
     print(means_table(rows))
+    if line := cost_line(rows):
+        print(line)
     print(f"\ntotal {time.perf_counter() - started:.1f}s")
     return 0
 

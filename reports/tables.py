@@ -279,6 +279,17 @@ def cost_table(rows: pd.DataFrame) -> str:
                             "counted while the artifact was built (exclusive of the artifacts it needed).")
 
 
+def cost_line(rows: pd.DataFrame) -> str:
+    """One line after a run: the training cost of what it used, the shared base apart ("" if none)."""
+    costs = training_cost(rows, "method")
+    if costs.empty:
+        return ""
+    r = costs.iloc[0]
+    uncounted = f", {int(r['uncounted'])} artifact(s) built before costs were counted" if r["uncounted"] else ""
+    return (f"training cost: {human_count(r['passes'])} transformer passes, {r['cpu_s'] / 3600:.2f} CPU h "
+            f"(base: {human_count(r['base_passes'])} passes){uncounted} -- per artifact in the rows (role 'cost')")
+
+
 def human_count(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:

@@ -25,6 +25,7 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| method" in printed and "gt_mode_psnr ↑" in printed and "nfe ↓" in printed
+    assert "training cost: " in printed and "transformer passes" in printed
 
     files = list(out.glob("cells/*/rows.parquet"))
     assert len(files) == 1
