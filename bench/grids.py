@@ -72,6 +72,10 @@ TAGS: dict[str, str] = {"main": "main", "methods": "main", "scaling": "scaling",
 # points (and are ablation's / main's LoRAs).
 PAPER_PARTS: tuple[str, ...] = ("curves", "main", "ablation", "scaling", "deployment")
 
+# The grids whose cells a grid's cells are tagged with: ``paper`` is its parts; main_matched's
+# unbudgeted cells *are* main's (the same ids), so they carry main's tag as well.
+GRID_PARTS: dict[str, tuple[str, ...]] = {"paper": PAPER_PARTS, "main_matched": ("main", "main_matched")}
+
 CURVES_COST_NOTE = ("curve points are separate cells (ours with distill.steps=k): exact prefixes of the "
                     "full run, published by it as snapshots (distill.snapshot_every), so one training run each")
 
@@ -250,7 +254,7 @@ def grid_cells(name: str, base: RunConfig, *, scaling_effects: tuple[int, ...] |
     options = {"scaling_effects": scaling_effects, "main_n": main_n}
     cells = _part(name, base, **options)
     tags: dict[str, set[str]] = {}
-    for part in PAPER_PARTS if name == "paper" else (name,):
+    for part in GRID_PARTS.get(name, (name,)):
         if part in TAGS:
             for c in _part(part, base, **options):
                 tags.setdefault(cell_id(c), set()).add(TAGS[part])

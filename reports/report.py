@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.config import KEYED_WHEN_SET
 from bench.store import ResultStore, UnreadableRowsError
 from reports import claims, plots, tables
 from reports import paper_numbers as paper
@@ -166,7 +167,9 @@ def budgeted(cell: Cell) -> bool:
 def family(cell: Cell) -> str:
     """The config a grid's cells share (for a deployment cell: its base run config)."""
     config = cell.config.get("base", {}) if cell.kind == "deployment" else cell.config
-    flat = {k: v for k, v in flatten(config).items() if k not in GRID_KEYS}
+    # a field added later is absent from older cells' configs and unset (None) in newer ones: the same
+    flat = {k: v for k, v in flatten(config).items()
+            if k not in GRID_KEYS and not (v is None and k.rsplit(".", 1)[-1] in KEYED_WHEN_SET)}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -194,7 +197,7 @@ def classify(cells: list[Cell]) -> dict[str, Any]:
     ablation = _finals([c for c in tagged if "ablation" in c.tags])[0] + guess["ablation"]
     scaling = _finals([c for c in tagged if "scaling" in c.tags])[0] + guess["scaling"]
     curves = [c for c in tagged if "curves" in c.tags] + guess["curves"]
-    main_n = _modal_n(main) or guess_n or _modal_n(ablation + curves + scaling)
+    main_n = _modal_n(main) or guess_n or _modal_n(ablation + curves + scaling + matched)
     main = [c for c in main if c.n_effects == main_n]
     matched = [c for c in matched if c.n_effects == main_n]
     ablation_n = main_n if any(c.n_effects == main_n for c in ablation) else _modal_n(ablation)

@@ -270,6 +270,29 @@ def test_cells_of_another_config_are_listed_not_averaged(tmp_path):
     assert "other config" in text.split("## Configs and seeds")[1]
 
 
+def test_a_cell_from_before_a_config_field_existed_is_of_the_same_config(tmp_path):
+    """An older cell's config.json lacks a field added since (budget_passes); unset in newer cells,
+    it must not split a results directory into two configs."""
+    from reports.report import build_report
+
+    store = ResultStore(tmp_path)
+    smoke = PRESETS.get("smoke")()
+    for m in ("base", "ours"):
+        cfg = replace(smoke, method=m)
+        cid = _write(store, cfg, _rows(cfg, QUALITY[m]), images=False)
+        if m == "base":  # written before the field existed
+            path = store.cell_dir(cid) / "config.json"
+            config = json.loads(path.read_text())
+            for section in ("teacher", "fm_all", "distill", "lightning"):
+                del config[section]["budget_passes"]
+            path.write_text(json.dumps(config))
+    build_report(tmp_path, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "ran with another config" not in text
+    main = text.split("## 1.")[1].split("**paper**")[0]
+    assert "| Base " in main and "Ours (CollectionLoRA)" in main
+
+
 def test_check_names_every_empty_section_on_stderr(tmp_path, capsys):
     """CI's ``--check``: a run with the main table only fails and names each missing section."""
     from bench.report import main
