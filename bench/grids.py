@@ -161,8 +161,9 @@ def main_matched(base: RunConfig, *, main_n: int | None = None) -> list[RunConfi
     """Table 1 at equal training compute: FM all-in-1 given ``ours``'s counted training passes.
 
     Main's cells, but FM all-in-1 trains until its own counted transformer passes reach
-    ``ours``'s at the published settings, however many steps that takes. The merges train nothing of their own and Base / Lightning
-    are the teachers' and the base's, so those cells are main's."""
+    ``ours``'s at the published settings, however many steps that takes. The merges train
+    nothing of their own and Base / Lightning are the teachers' and the base's, so those cells
+    are main's."""
     budget = base.fm_all.budget_passes or sizes(base).matched_passes
     if not budget:
         raise ValueError("--grid main_matched: no training budget for this preset; set fm_all.budget_passes=N "
