@@ -358,9 +358,10 @@ BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "snapshot_every")
 KEYED_WHEN_SET = ("budget_passes",)
 
 
-def _unset_dropped(value: Any) -> Any:
+def drop_unset(value: Any) -> Any:
+    """A config dict without its unset ``KEYED_WHEN_SET`` fields, at any depth."""
     if isinstance(value, dict):
-        return {k: _unset_dropped(v) for k, v in value.items() if not (k in KEYED_WHEN_SET and v is None)}
+        return {k: drop_unset(v) for k, v in value.items() if not (k in KEYED_WHEN_SET and v is None)}
     return value
 
 
@@ -371,12 +372,12 @@ def result_dict(cfg: Any) -> Any:
             return {k: strip(v) for k, v in value.items() if k not in BOOKKEEPING_FIELDS}
         return value
 
-    return _unset_dropped(strip(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg))
+    return drop_unset(strip(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg))
 
 
 def config_hash(*parts: Any, length: int = 12) -> str:
     """Short content hash of configs/values (dataclasses are hashed through their dict; unset
     ``KEYED_WHEN_SET`` fields left out)."""
-    norm = [_unset_dropped(to_dict(p)) if dataclasses.is_dataclass(p) else _unset_dropped(p) for p in parts]
+    norm = [drop_unset(to_dict(p)) if dataclasses.is_dataclass(p) else drop_unset(p) for p in parts]
     blob = json.dumps(norm, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

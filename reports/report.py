@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.config import KEYED_WHEN_SET
+from bench.config import drop_unset
 from bench.store import ResultStore, UnreadableRowsError
 from reports import claims, plots, tables
 from reports import paper_numbers as paper
@@ -168,8 +168,7 @@ def family(cell: Cell) -> str:
     """The config a grid's cells share (for a deployment cell: its base run config)."""
     config = cell.config.get("base", {}) if cell.kind == "deployment" else cell.config
     # a field added later is absent from older cells' configs and unset (None) in newer ones: the same
-    flat = {k: v for k, v in flatten(config).items()
-            if k not in GRID_KEYS and not (v is None and k.rsplit(".", 1)[-1] in KEYED_WHEN_SET)}
+    flat = {k: v for k, v in flatten(drop_unset(config)).items() if k not in GRID_KEYS}
     return json.dumps(flat, sort_keys=True, default=str)
 
 

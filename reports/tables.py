@@ -235,17 +235,21 @@ def training_cost(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
         kind=lambda d: d["artifact"].astype(str).str.split("/").str[0])
     out = {}
     for key, sub in cost.groupby(by):
-        own, shared = sub[~sub.kind.isin(SHARED_KINDS)], sub[sub.kind.isin(SHARED_KINDS)]
-
-        def total(d: pd.DataFrame, metrics: tuple[str, ...]) -> float:
-            return float(d[d.metric.isin(metrics) & (d.status == "ok")]["value"].sum())
-
-        out[key] = {"passes": total(own, ("train_forward", "train_backward")), "cpu_s": total(own, ("train_cpu_s",)),
-                    "wall_s": total(own, ("train_wall_s",)),
-                    "uncounted": int(own[own.status != "ok"]["artifact"].nunique()),
-                    "base_passes": total(shared, ("train_forward", "train_backward")),
-                    "base_cpu_s": total(shared, ("train_cpu_s",))}
+        own, shared = _cost_sums(sub[~sub.kind.isin(SHARED_KINDS)]), _cost_sums(sub[sub.kind.isin(SHARED_KINDS)])
+        out[key] = {**own, "base_passes": shared["passes"], "base_cpu_s": shared["cpu_s"]}
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def _cost_sums(d: pd.DataFrame) -> dict[str, float]:
+    """Passes (forward + backward), CPU and wall seconds of the counted artifacts in cost rows
+    ``d`` (one row per artifact and metric), and how many artifacts were not counted."""
+    ok = d[d.status == "ok"]
+
+    def total(*metrics: str) -> float:
+        return float(ok[ok.metric.isin(metrics)]["value"].sum())
+
+    return {"passes": total("train_forward", "train_backward"), "cpu_s": total("train_cpu_s"),
+            "wall_s": total("train_wall_s"), "uncounted": int(d[d.status != "ok"]["artifact"].nunique())}
 
 
 def cost_table(rows: pd.DataFrame) -> str:
@@ -262,12 +266,9 @@ def cost_table(rows: pd.DataFrame) -> str:
         d = d.drop_duplicates(["artifact", "metric"])
         if d.empty:
             return ""
-        ok = d[d.status == "ok"]
-        passes = ok[ok.metric.isin(["train_forward", "train_backward"])]["value"].sum()
-        cpu = ok[ok.metric == "train_cpu_s"]["value"].sum()
-        missing = d[d.status != "ok"]["artifact"].nunique()
-        text = f"{human_count(passes)} · {cpu / 3600:.2f} h" if len(ok) else "—"
-        return text + (f" (+{missing} uncounted)" if missing else "")
+        sums = _cost_sums(d)
+        text = f"{human_count(sums['passes'])} · {sums['cpu_s'] / 3600:.2f} h" if (d.status == "ok").any() else "—"
+        return text + (f" (+{sums['uncounted']} uncounted)" if sums["uncounted"] else "")
 
     lines = []
     for method in method_order(list(dict.fromkeys(cost["method"]))):
