@@ -11,6 +11,11 @@ racing. Tensor files holding NaN/inf are refused before that rename (``check_fin
 NaN would feed every run that reuses it.
 
 Small files are written with :func:`atomic_write`, the one tmp-then-rename writer of the tree.
+
+Some artifacts ship with the package (``bench/assets/<kind>/<key>/``: the default preset's
+pretrained base). A missing artifact whose key is shipped is copied in instead of built, so a
+fresh machine skips minutes of pretraining; ``python -m bench.assets`` rebuilds them with the
+project's own code (``--check``: rebuild and compare, byte by byte).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from bench.errors import NonFiniteError
 DONE = "DONE"
 RECORD = "config.json"  # the spec's inputs, next to the artifact
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth")  # what check_finite opens; images cannot hold NaN
+SHIPPED = Path(__file__).resolve().parent / "assets"  # artifacts shipped with the package, as <kind>/<key>/
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
@@ -101,9 +107,11 @@ def default_cache_root() -> Path:
 
 
 class ArtifactCache:
-    def __init__(self, root: str | Path | None = None, *, verbose: bool = True) -> None:
+    def __init__(self, root: str | Path | None = None, *, verbose: bool = True,
+                 shipped: Path | None = SHIPPED) -> None:
         self.root = Path(root) if root is not None else default_cache_root()
         self.verbose = verbose
+        self.shipped = shipped  # where finished artifacts to copy in before building are; None: build all
         # every artifact handed out since the last clear, "kind/key" -> (label, directory): what a
         # run used, so its training cost is the sum of theirs (bench/cost.py; bench/runner.py)
         self.used: dict[str, tuple[str, Path]] = {}
@@ -130,14 +138,28 @@ class ArtifactCache:
             if (final / DONE).exists():  # built by another process while we waited
                 self._say(f"cached   {spec.describe()}")
                 return final
-            self._install(spec, build)
+            shipped = self.shipped_path(spec)
+            if shipped is not None:
+                # its own cost.json (the build that made it) comes along; the copy adds none
+                self._install(spec, lambda d: shutil.copytree(shipped, d, dirs_exist_ok=True,
+                                                              ignore=shutil.ignore_patterns(DONE, RECORD)),
+                              verb="copying shipped")
+            else:
+                self._install(spec, build)
         return final
 
-    def _install(self, spec: ArtifactSpec, build: Callable[[Path], None]) -> None:
+    def shipped_path(self, spec: ArtifactSpec) -> Path | None:
+        """The finished artifact of this key shipped with the package, if there is one."""
+        if self.shipped is None:
+            return None
+        path = self.shipped / spec.kind / spec.key
+        return path if (path / DONE).exists() else None
+
+    def _install(self, spec: ArtifactSpec, build: Callable[[Path], None], *, verb: str = "building") -> None:
         """Build into a temporary directory and rename it into place (the caller holds the lock)."""
         final, key, label = self.path(spec), spec.key, spec.describe()
         self._remove_stale_tmp(spec.kind, building=key)
-        self._say(f"building {label}")
+        self._say(f"{verb} {label}")
         started = time.perf_counter()
         tmp = final.parent / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

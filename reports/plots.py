@@ -119,10 +119,12 @@ def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: boo
     return _save(fig, path)
 
 
-def quality_vs_cost(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
+def quality_vs_cost(rows: pd.DataFrame, role: str, path: Path, curve_rows: pd.DataFrame | None = None) -> Path | None:
     """``role``'s metric (mean and 95 % interval over test sources) against each method's counted
     training passes (its artifacts but the shared base; reports.tables.training_cost), one point
-    per method that trains something and whose artifacts were all counted."""
+    per method that trains something and whose artifacts were all counted. ``curve_rows`` (rows
+    with a ``step`` column: the training curves' cells) add full ``ours``'s shorter runs as a line,
+    each point at the passes its snapshot counted."""
     c = _role_column(rows, role)
     costs = training_cost(rows, "method")
     if c is None or costs.empty:
@@ -130,14 +132,30 @@ def quality_vs_cost(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
     ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     drawn = 0
+
+    def counted(costs: pd.DataFrame, key) -> bool:
+        return key in costs.index and not costs.loc[key, "uncounted"] and costs.loc[key, "passes"] > 0
+
     for k, m in enumerate(method_order(ok.method.unique())):
-        if m not in costs.index or costs.loc[m, "uncounted"] or costs.loc[m, "passes"] <= 0:
+        if not counted(costs, m):
             continue
         ci = stats.bootstrap_ci(stats.cluster_means(ok[ok.method == m]))
         x = costs.loc[m, "passes"]
         ax.errorbar([x], [ci.mean], yerr=[[ci.mean - ci.lo], [ci.hi - ci.mean]], marker=LINE_MARKERS[k % 6],
                     capsize=3, linestyle="none", label=f"{label(m)} (n={ci.n})")
         drawn += 1
+    if curve_rows is not None and "step" in curve_rows.columns and len(curve_rows):
+        full = curve_rows[(curve_rows.method == "ours") & (curve_rows.ablation.fillna("none") == "none")]
+        steps = training_cost(full, "step")
+        points = [(steps.loc[s, "passes"], stats.bootstrap_ci(stats.cluster_means(
+            full[(full.status == "ok") & (full.metric == c.metric) & (full.step == s)]))) for s in
+            sorted(full.step.dropna().unique()) if counted(steps, s)]
+        if len(points) > 1:
+            xs, cis = zip(*sorted(points, key=lambda p: p[0]))
+            ax.errorbar(xs, [ci.mean for ci in cis], yerr=[[ci.mean - ci.lo for ci in cis],
+                                                           [ci.hi - ci.mean for ci in cis]],
+                        marker=".", capsize=2, linestyle=":", color="grey", label=f"{label('ours')}, shorter runs")
+            drawn += 1
     if not drawn:
         plt.close(fig)
         return None

@@ -370,7 +370,8 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("**Training cost** of each method's artifacts (by kind of artifact):\n")
         add(tables.cost_table(main_rows) + "\n")
         for role in ("CLIP", "DreamSim"):
-            p = plots.quality_vs_cost(main_rows, role, assets / f"cost_{role.lower()}.png")
+            p = plots.quality_vs_cost(main_rows, role, assets / f"cost_{role.lower()}.png",
+                                      rows_of(sec["curves"], with_step=True) if sec["curves"] else None)
             if p:
                 add(f"![{role}-role metric vs training passes]({rel(p)})\n")
         add("**This run, per effect** (each effect's own fidelity metric; a mean over effects can hide a method "

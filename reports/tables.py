@@ -221,8 +221,9 @@ def ratio_columns(groups: dict, keys: Sequence, col: Column) -> dict[str, list[s
     return out
 
 
-def training_cost(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
-    """Per ``by`` group: the training cost of every artifact its cells used, each artifact once
+def training_cost(rows: pd.DataFrame, by: str | Sequence[str] = "method") -> pd.DataFrame:
+    """Per ``by`` group (a column, or several: a tuple index): the training cost of every
+    artifact its cells used, each artifact once
     (bench/cost.py figures are exclusive, so summing over artifacts counts nothing twice).
     Columns: ``passes`` (sample forward + backward passes through the transformer), ``cpu_s``,
     ``wall_s``, ``uncounted`` (artifacts built before costs were recorded), for everything but the
@@ -231,10 +232,11 @@ def training_cost(rows: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     if cost.empty or "artifact" not in cost.columns:
         return pd.DataFrame()
     cost = cost[cost.metric.isin(["train_forward", "train_backward", "train_cpu_s", "train_wall_s"])]
-    cost = cost.drop_duplicates([by, "artifact", "metric"]).assign(
+    by = [by] if isinstance(by, str) else list(by)
+    cost = cost.drop_duplicates([*by, "artifact", "metric"]).assign(
         kind=lambda d: d["artifact"].astype(str).str.split("/").str[0])
     out = {}
-    for key, sub in cost.groupby(by):
+    for key, sub in cost.groupby(by[0] if len(by) == 1 else by):
         own, shared = _cost_sums(sub[~sub.kind.isin(SHARED_KINDS)]), _cost_sums(sub[sub.kind.isin(SHARED_KINDS)])
         out[key] = {**own, "base_passes": shared["passes"], "base_cpu_s": shared["cpu_s"]}
     return pd.DataFrame.from_dict(out, orient="index")
@@ -298,16 +300,22 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def cost_cells(costs: pd.DataFrame, keys: Sequence) -> dict[str, list[str]]:
-    """The main / ablation table's training-cost columns for ``keys`` ("—" where not counted)."""
+def cost_cells(costs: pd.DataFrame, keys: Sequence, *, joined: bool = False) -> dict[str, list[str]]:
+    """The training-cost columns for ``keys`` of ``training_cost``'s index ("—" where not counted):
+    passes and CPU hours, or with ``joined`` one column of both ("66.6 k · 0.35 h")."""
     def cell(k, col: str, text: Callable[[float], str]) -> str:
         if costs.empty or k not in costs.index:
             return "—"
         r = costs.loc[k]
-        return text(r[col]) + (f" (+{int(r['uncounted'])} uncounted)" if r["uncounted"] else "")
+        return text(r[col]) + (f" (+{int(r['uncounted'])} uncounted)" if r["uncounted"] and not joined else "")
 
-    return {"training passes ↓": [cell(k, "passes", human_count) for k in keys],
-            "training CPU h ↓": [cell(k, "cpu_s", lambda v: f"{v / 3600:.2f}") for k in keys]}
+    passes = [cell(k, "passes", human_count) for k in keys]
+    hours = [cell(k, "cpu_s", lambda v: f"{v / 3600:.2f}") for k in keys]
+    if not joined:
+        return {"training passes ↓": passes, "training CPU h ↓": hours}
+    uncounted = [int(costs.loc[k]["uncounted"]) if not costs.empty and k in costs.index else 0 for k in keys]
+    return {"training cost ↓": [p if p == "—" else f"{p} · {h} h" + (f" (+{u} uncounted)" if u else "")
+                                for p, h, u in zip(passes, hours, uncounted)]}
 
 
 COST_NOTE = ("Training cost: counted while each artifact was built (bench/cost.py) -- sample forward + backward "
@@ -453,10 +461,19 @@ def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
     groups = cluster_columns(rows, ["method", "n_effects"], [c])[c.label]
     methods = method_order({m for m, _ in groups})
     out = pd.DataFrame({"Method": [label(m) for m in methods]})
-    for n in sorted({k for _, k in groups}):
+    sizes = sorted({k for _, k in groups})
+    for n in sizes:
         sub = {m: groups[(m, n)] for m in methods if (m, n) in groups}
         out[f"{n} LoRAs"] = ci_column(sub, methods, c)
-    return f"{c.header} (`{c.metric}`)\n\n" + render(out) + "\n\n" + SIGNIFICANCE_NOTE
+    text = f"{c.header} (`{c.metric}`)\n\n" + render(out) + "\n\n" + SIGNIFICANCE_NOTE
+    costs = training_cost(rows[rows.method.isin(methods)], ["method", "n_effects"])
+    if costs.empty:
+        return text
+    passes = pd.DataFrame({"Method": [label(m) for m in methods]})
+    for n in sizes:
+        passes[f"{n} LoRAs"] = [cost_cells(costs, [(m, n)], joined=True)["training cost ↓"][0] for m in methods]
+    return text + "\n\nTraining cost (sample passes · CPU hours) of each row:\n\n" + render(passes) + \
+        "\n\n" + COST_NOTE
 
 
 def _off(ab: str) -> tuple[str, ...]:

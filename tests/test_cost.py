@@ -98,6 +98,24 @@ def test_an_artifact_built_before_costs_were_counted_is_uncounted_not_zero(tmp_p
     assert tables.cost_cells(tables.training_cost(rows), ["ours"])["training passes ↓"] == ["0 (+1 uncounted)"]
 
 
+def test_the_scaling_table_states_each_rows_training_cost_per_number_of_effects():
+    """Beside the quality at 2 and 4 effects, each method's passes at that size: the larger
+    student's teachers are its own sum, not the smaller one's again."""
+    quality = [{"method": m, "ablation": "none", "n_effects": n, "effect": f"e{s % n}", "sample": s,
+                "metric": "gt_mode_psnr", "value": 20.0 + s, "status": "ok", "role": "CLIP", "higher_is_better": True,
+                "note": "", "synthetic": True, "unit": "dB"} for m in ("fm_all_in_1", "ours") for n in (2, 4)
+               for s in range(4)]
+    cost = []
+    for n in (2, 4):
+        teachers = {f"teachers/t{i}": 100 for i in range(n)}
+        for method, kind in (("fm_all_in_1", "fm_all_in_1"), ("ours", "collectionlora")):
+            cost += [{**r, "n_effects": n} for r in _cost_rows(method, {**teachers, f"{kind}/{n}": 1000 * n})]
+    text = tables.scaling_table(pd.DataFrame(quality + cost))
+    ours = [line for line in text.split("Training cost")[1].splitlines() if line.startswith("| Ours")][0]
+    # 2 x 100 + 2000 passes, 3 artifacts x 36 CPU s; 4 x 100 + 4000, 5 x 36
+    assert "2.2 k · 0.03 h" in ours and "4.4 k · 0.05 h" in ours
+
+
 def test_quality_is_plotted_against_counted_training_passes(tmp_path):
     """One point per method whose artifacts were all counted; none when nothing was counted."""
     from reports import plots
@@ -120,3 +138,22 @@ def test_a_pass_budget_stops_training_once_the_counted_passes_reach_it(tiny_back
         train_teacher(tiny_backbone, _pairs(), cfg, shift=3.0, seed=0, out_dir=tmp_path / "t", desc="t")
     assert measured[0].passes == 12
     assert (tmp_path / "t" / "loss.csv").read_text().count("\n") == 3  # header + 2 steps
+
+
+def test_the_cost_plot_draws_ours_shorter_runs_at_the_passes_their_snapshots_counted(tmp_path):
+    """The training curves' cells (rows with a step) add a line of ``ours`` at each length; with
+    nothing else counted, the plot exists because of that line alone."""
+    from reports import plots
+
+    def quality(step=None):
+        return [{"method": "ours", "ablation": "none", "n_effects": 2, "effect": "e", "sample": s,
+                 "metric": "gt_mode_mae", "value": 0.1 + 0.01 * s, "status": "ok", "role": "DreamSim",
+                 "higher_is_better": False, "note": "", "synthetic": True, "unit": "MAE 0-1", "step": step}
+                for s in range(6)]
+
+    uncounted = [{**r, "status": "missing", "value": np.nan} for r in _cost_rows("ours", {"collectionlora/s": 0})]
+    main = pd.DataFrame(quality() + uncounted)
+    curves = pd.DataFrame([r for k in (10, 20) for r in quality(k) + [
+        {**c, "step": k} for c in _cost_rows("ours", {f"collectionlora/s{k}": 100 * k})]])
+    assert plots.quality_vs_cost(main, "DreamSim", tmp_path / "main.png") is None
+    assert plots.quality_vs_cost(main, "DreamSim", tmp_path / "curve.png", curves) is not None

@@ -151,10 +151,17 @@ def test_every_effect_is_stochastic_and_varies_across_draws():
         assert gap > 1e-3, e.name
 
 
+TINY_WORLD = WorldConfig(n_train_per_effect=4, n_test_per_category=2, n_general=64)
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
+    """All 198 effects, few rows; a small Monte Carlo size for the texture statistics (their
+    values are tested on exact draws above, not here), which is most of a world's build time."""
     root = tmp_path_factory.mktemp("world")
-    build_world(root, WorldConfig(n_train_per_effect=4, n_test_per_category=2, n_general=64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bench.synthetic.world.MC_DRAWS", 2)
+        build_world(root, TINY_WORLD)
     return root
 
 
@@ -163,9 +170,9 @@ def test_draws_are_recorded_per_pair_and_reproducible_from_the_world_seed(tiny_w
     first = [r for r in rows if r["lora_name"] == rows[0]["lora_name"]]
     assert all("params" in r for r in rows) and len({json.dumps(r["params"]) for r in first}) > 1
     # the training pairs have their own streams: the test rows' Monte Carlo size does not move them
-    monkeypatch.setattr("bench.synthetic.world.MC_DRAWS", 2)
+    monkeypatch.setattr("bench.synthetic.world.MC_DRAWS", 3)
     again = tmp_path / "again"
-    build_world(again, WorldConfig(n_train_per_effect=4, n_test_per_category=2, n_general=64))
+    build_world(again, TINY_WORLD)
     assert (again / "train.jsonl").read_text() == (tiny_world / "train.jsonl").read_text()
     # each training target is exactly effect(source; its recorded draw)
     effects = {e.name: e for e in build_effects(0)}
@@ -192,20 +199,21 @@ def test_world_writes_the_output_distribution_and_the_loader_reads_it(tiny_world
     assert t.variant_images == () and t.mode_mean_image.exists() and t.expected_energy > 0
 
 
-def test_each_part_of_the_world_has_its_own_stream_and_keys_follow_content(tmp_path, monkeypatch):
+def test_each_part_of_the_world_has_its_own_stream_and_keys_follow_content(tiny_world, tmp_path, monkeypatch):
     """More training pairs per effect change every effect's train rows but not the general edits
     (so the pretrained base is reused); more test sources change the test rows but no effect's
     train rows (so every teacher is reused)."""
     from bench.cache import ArtifactCache
     from bench.config import PRESETS
 
-    monkeypatch.setattr("bench.synthetic.world.MC_DRAWS", 2)  # the texture statistics are not under test
-    worlds = {"a": WorldConfig(n_train_per_effect=2, n_test_per_category=1, n_general=32),
-              "more_train": WorldConfig(n_train_per_effect=3, n_test_per_category=1, n_general=32),
-              "more_test": WorldConfig(n_train_per_effect=2, n_test_per_category=2, n_general=32)}
+    monkeypatch.setattr("bench.synthetic.world.MC_DRAWS", 2)  # as the fixture's world
+    worlds = {"a": TINY_WORLD, "more_train": replace(TINY_WORLD, n_train_per_effect=5),
+              "more_test": replace(TINY_WORLD, n_test_per_category=3)}
+    (tmp_path / "a").symlink_to(tiny_world)
     spaces = {}
     for name, w in worlds.items():
-        build_world(tmp_path / name, w)
+        if name != "a":
+            build_world(tmp_path / name, w)
         spaces[name] = Workspace(replace(PRESETS.get("synth")(), world=replace(w, kind="effectbench",
                                                                                root=str(tmp_path / name))),
                                  ArtifactCache(tmp_path / "cache"))

@@ -182,8 +182,10 @@ def test_deployment_and_configs_sections(report):
     assert "config.json" in cfgs and "`distill.steps`" in cfgs and "Seeds: 0" in cfgs
 
 
+@pytest.mark.e2e
 def test_rereport_imports_no_torch(runs, tmp_path):
-    """Re-reporting reads files only: torch is never imported, so no backbone forward can happen."""
+    """Re-reporting reads files only: torch is never imported, so no backbone forward can happen.
+    (The CLI in a fresh interpreter, as a user runs it: e2e.)"""
     code = ("import sys; from bench.report import main; "
             f"rc = main([{str(runs)!r}, '--out', {str(tmp_path / 'r.md')!r}, '--cache', {str(tmp_path)!r}]); "
             "assert rc == 0; assert 'torch' not in sys.modules, 'report imported torch'; print('ok')")

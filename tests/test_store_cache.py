@@ -143,3 +143,46 @@ def test_an_artifact_records_the_inputs_its_key_hashes(tmp_path):
     assert path.name == spec.key == stored["key"] == key_of_record(stored)
     assert list(stored["inputs"]) == ["base", "teacher", "prompt", "sources", "pair", "extra"]
     assert stored["inputs"]["teacher"]["rank"] == 4 and stored["kind"] == "teachers"
+
+
+def test_a_shipped_artifact_is_copied_in_instead_of_built(tmp_path, capsys):
+    """A missing artifact whose key ships with the package is installed from the shipped copy
+    (its files and its own cost record), never built; a cache told to ignore shipped artifacts
+    builds it."""
+    spec = _spec("base", "k0")
+    shipped = tmp_path / "assets" / "base" / spec.key
+    shipped.mkdir(parents=True)
+    for name, text in [("w.bin", "pretrained"), ("cost.json", '{"forward": 7}'), ("DONE", "")]:
+        (shipped / name).write_text(text)
+
+    def build(d):
+        raise AssertionError("built although shipped")
+
+    path = ArtifactCache(tmp_path / "c", shipped=tmp_path / "assets").get_or_build(spec, build)
+    assert (path / "w.bin").read_text() == "pretrained" and (path / "cost.json").read_text() == '{"forward": 7}'
+    assert (path / "DONE").exists() and (path / "config.json").exists()  # its record is this spec's
+    assert "copying shipped" in capsys.readouterr().out
+    rebuilt = ArtifactCache(tmp_path / "c2", shipped=None).get_or_build(spec, lambda d: (d / "w.bin").write_text("new"))
+    assert (rebuilt / "w.bin").read_text() == "new"
+
+
+def test_the_shipped_base_is_the_default_presets():
+    """The base shipped in bench/assets has the key the default preset's base spec gives and
+    records the same inputs, so a fresh machine copies it instead of pretraining. When this
+    fails, the world's general edits, the backbone or the pretraining changed: rebuild it with
+    ``python -m bench.assets`` and commit bench/assets/."""
+    import json
+
+    from bench.assets import PRESETS
+    from bench.cache import SHIPPED
+    from bench.config import PRESETS as CONFIGS
+    from bench.workspace import Workspace
+
+    keys = set()
+    for preset in PRESETS:
+        spec = Workspace(CONFIGS.get(preset)(), ArtifactCache(verbose=False)).base_spec
+        shipped = SHIPPED / spec.kind / spec.key
+        assert (shipped / "DONE").exists(), f"{preset}: no shipped base {spec.key}; run python -m bench.assets"
+        assert json.loads((shipped / "config.json").read_text()) == json.loads(json.dumps(spec.record(), default=str))
+        keys.add(spec.key)
+    assert {p.name for p in (SHIPPED / "base").iterdir()} == keys  # no stale bases in the package
