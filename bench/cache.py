@@ -140,9 +140,12 @@ class ArtifactCache:
                 return final
             shipped = self.shipped_path(spec)
             if shipped is not None:
-                # its own cost.json (the build that made it) comes along; the copy adds none
-                self._install(spec, lambda d: shutil.copytree(shipped, d, dirs_exist_ok=True,
-                                                              ignore=shutil.ignore_patterns(DONE, RECORD)),
+                # its own cost.json (the build that made it) comes along; the copy adds none. Its
+                # top-level record and DONE are written by _install (a nested config.json is data)
+                def top_marks(folder: str, names: list[str]) -> list[str]:
+                    return [n for n in names if n in (DONE, RECORD)] if Path(folder) == shipped else []
+
+                self._install(spec, lambda d: shutil.copytree(shipped, d, dirs_exist_ok=True, ignore=top_marks),
                               verb="copying shipped")
             else:
                 self._install(spec, build)
@@ -176,7 +179,8 @@ class ArtifactCache:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             shutil.rmtree(self.work_dir(spec), ignore_errors=True)
-            self._say(f"built    {label} in {time.perf_counter() - started:.1f}s")
+            done = "built   " if verb == "building" else "copied  "
+            self._say(f"{done} {label} in {time.perf_counter() - started:.1f}s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -149,10 +149,14 @@ def test_a_shipped_artifact_is_copied_in_instead_of_built(tmp_path, capsys):
     """A missing artifact whose key ships with the package is installed from the shipped copy
     (its files and its own cost record), never built; a cache told to ignore shipped artifacts
     builds it."""
+    import json
+
     spec = _spec("base", "k0")
     shipped = tmp_path / "assets" / "base" / spec.key
     shipped.mkdir(parents=True)
-    for name, text in [("w.bin", "pretrained"), ("cost.json", '{"forward": 7}'), ("DONE", "")]:
+    (shipped / "transformer").mkdir()
+    for name, text in [("w.bin", "pretrained"), ("cost.json", '{"forward": 7}'), ("DONE", ""), ("config.json", "{}"),
+                       ("transformer/config.json", '{"layers": 2}')]:
         (shipped / name).write_text(text)
 
     def build(d):
@@ -160,7 +164,8 @@ def test_a_shipped_artifact_is_copied_in_instead_of_built(tmp_path, capsys):
 
     path = ArtifactCache(tmp_path / "c", shipped=tmp_path / "assets").get_or_build(spec, build)
     assert (path / "w.bin").read_text() == "pretrained" and (path / "cost.json").read_text() == '{"forward": 7}'
-    assert (path / "DONE").exists() and (path / "config.json").exists()  # its record is this spec's
+    assert (path / "DONE").exists() and json.loads((path / "config.json").read_text())["key"] == spec.key
+    assert (path / "transformer" / "config.json").read_text() == '{"layers": 2}'  # a nested config is data
     assert "copying shipped" in capsys.readouterr().out
     rebuilt = ArtifactCache(tmp_path / "c2", shipped=None).get_or_build(spec, lambda d: (d / "w.bin").write_text("new"))
     assert (rebuilt / "w.bin").read_text() == "new"
