@@ -53,6 +53,7 @@ def run_ours(tmp_path_factory):
     cache = ArtifactCache(tmp_path_factory.mktemp("cache"), verbose=False)
     base = replace(apply_overrides(PRESETS.get("smoke")(), TINY), method="ours")
     mp = pytest.MonkeyPatch()
+    mp.setattr("bench.synthetic.world.MC_DRAWS", 2)  # the world's texture statistics are not used here
     watch: list[_Watch] = []
     score_x0, v_groups = DMDTrainer._score_x0, DMDTrainer._v_groups
 
