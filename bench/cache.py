@@ -115,6 +115,9 @@ class ArtifactCache:
         # every artifact handed out since the last clear, "kind/key" -> (label, directory): what a
         # run used, so its training cost is the sum of theirs (bench/cost.py; bench/runner.py)
         self.used: dict[str, tuple[str, Path]] = {}
+        # every artifact this process built or copied in, "kind/key" -> (how, its exclusive cost):
+        # the time of each stage of a run (bench.cost.stage_table)
+        self.built: dict[str, tuple[str, cost.Cost]] = {}
 
     def path(self, spec: ArtifactSpec) -> Path:
         return self.root / spec.kind / spec.key
@@ -174,6 +177,7 @@ class ArtifactCache:
                 build(tmp)
             if not (tmp / cost.COST_FILE).exists():  # a snapshot writes the cost of the training behind it
                 (tmp / cost.COST_FILE).write_text(measured[0].to_json())
+            self.built[f"{spec.kind}/{key}"] = (verb, measured[0])
             check_finite(tmp, label)
             (tmp / DONE).write_text("")
             shutil.rmtree(final, ignore_errors=True)

@@ -157,3 +157,22 @@ def cost_records(used: dict[str, tuple[str, Path]]) -> list[dict[str, Any]]:
             out.append({**base, "effect": effect, "metric": SAMPLES_METRIC, "value": float(n), "status": "ok",
                         "unit": "samples", "note": label})
     return out
+
+
+def stage_table(built: dict[str, tuple[str, Cost]], total_s: float) -> str:
+    """Where a run's time went, by stage: each artifact kind built (or copied from the package)
+    in this process, with its count and exclusive wall / CPU seconds, then the rest of the run
+    (evaluation, loading, the report) as the total minus the builds. ``built``: ``{"kind/key":
+    (how, cost)}`` as ``ArtifactCache.built`` holds it. Cached artifacts took no time here."""
+    stages: dict[str, list[float]] = {}
+    for artifact, (how, cost) in built.items():
+        kind = artifact.split("/")[0] + (" (copied)" if how != "building" else "")
+        n, wall, cpu = stages.get(kind, [0, 0.0, 0.0])
+        stages[kind] = [n + 1, wall + cost.wall_s, cpu + cost.cpu_s]
+    builds = sum(wall for _, wall, _ in stages.values())
+    lines = ["time by stage (this process; artifacts found in the cache cost nothing here):",
+             f"  {'stage':24s} {'built':>6s} {'wall s':>9s} {'CPU s':>9s}"]
+    lines += [f"  {kind:24s} {int(n):6d} {wall:9.1f} {cpu:9.1f}" for kind, (n, wall, cpu) in stages.items()]
+    lines.append(f"  {'evaluation and the rest':24s} {'':6s} {max(total_s - builds, 0.0):9.1f}")
+    lines.append(f"  {'total':24s} {'':6s} {total_s:9.1f}")
+    return "\n".join(lines)

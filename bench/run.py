@@ -115,6 +115,7 @@ def _main(args: argparse.Namespace) -> int:
         print(set_threads(args.threads), flush=True)
     except (UnknownNameError, ValueError) as err:
         raise UsageError(str(err)) from err
+    from bench.cost import stage_table
     from methods import distributed
     from reports.tables import cost_line, means_table
 
@@ -142,7 +143,7 @@ def _main(args: argparse.Namespace) -> int:
     print(means_table(rows))
     if line := cost_line(rows):
         print(line)
-    print(f"\ntotal {time.perf_counter() - started:.1f}s")
+    print("\n" + stage_table(cache.built, time.perf_counter() - started))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench import cost
 from bench.cache import ArtifactCache
 from bench.cells import Cell, describe, is_measurement
 from bench.config import PRESETS, RunConfig, apply_overrides, check_ranges
@@ -202,6 +203,7 @@ def run_grid(name: str, base: RunConfig, out: Path, cache: ArtifactCache, *, for
             print(f"cell {cid} FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     print(f"\ngrid {name}: {len(cells) - len(failed)} of {len(cells)} cells finished in "
           f"{time.perf_counter() - started:.1f}s")
+    print(cost.stage_table(cache.built, time.perf_counter() - started), flush=True)
     from methods import distributed
 
     # under torchrun every rank runs the grid; rank 0 alone wrote the rows and writes the report

@@ -26,6 +26,9 @@ def test_smoke_run_writes_rows_table_and_skips_on_rerun(tmp_path, cache_dir, cap
     printed = capsys.readouterr().out
     assert "| method" in printed and "gt_mode_psnr ↑" in printed and "nfe ↓" in printed
     assert "training cost: " in printed and "transformer passes" in printed
+    # where the time went: the stages built here (a fresh cache: world, base, three teachers)
+    stages = {line.split()[0]: line.split()[1] for line in printed.split("time by stage")[1].splitlines()[2:]}
+    assert stages["world"] == "1" and stages["base"] == "1" and stages["teachers"] == "3" and "total" in stages
 
     files = list(out.glob("cells/*/rows.parquet"))
     assert len(files) == 1

@@ -157,3 +157,12 @@ def test_the_cost_plot_draws_ours_shorter_runs_at_the_passes_their_snapshots_cou
         {**c, "step": k} for c in _cost_rows("ours", {f"collectionlora/s{k}": 100 * k})]])
     assert plots.quality_vs_cost(main, "DreamSim", tmp_path / "main.png") is None
     assert plots.quality_vs_cost(main, "DreamSim", tmp_path / "curve.png", curves) is not None
+
+
+def test_the_stage_table_says_what_each_kind_of_build_took_and_leaves_the_rest_to_evaluation():
+    built = {"teachers/a": ("building", cost.Cost(wall_s=10.0, cpu_s=9.0)),
+             "teachers/b": ("building", cost.Cost(wall_s=20.0, cpu_s=18.0)),
+             "base/x": ("copying shipped", cost.Cost(wall_s=0.5, cpu_s=0.1))}
+    lines = {line.split("  ")[1].strip(): line.split() for line in cost.stage_table(built, 100.0).splitlines()[2:]}
+    assert lines["teachers"][1:] == ["2", "30.0", "27.0"] and lines["base (copied)"][2] == "1"
+    assert lines["evaluation and the rest"][-1] == "69.5" and lines["total"][-1] == "100.0"
