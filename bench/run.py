@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "debug", "slurm"], default=None,
                    help="local: run cells in this process (default); debug/slurm: submitit jobs by stage "
                         "(slurm: one array per stage, resources from slurm.* overrides, see slurm/executors.py)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local: run the grid as N jobs at a time on this machine (submitit's local executor, "
+                        "each with its share of the cores as threads); default 1: cells in this process")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs and print the status")
     p.add_argument("--status", default=None, metavar="RUN_DIR", help="show each cell's job and store state and exit")
     p.add_argument("--resubmit-failed", action="store_true", help="with --status: resubmit the failed cells alone")
@@ -112,6 +115,9 @@ def _main(args: argparse.Namespace) -> int:
         scaling_effects = _effect_counts(args.scaling_effects)
         # --effects N with a grid: N effects in its 50-in-1 experiments (main, ablation, curves)
         main_n = cfg.n_effects if args.grid and args.effects is not None and args.effects.isdigit() else None
+        if args.jobs < 1 or (args.jobs > 1 and (args.executor or "local") != "local"):
+            raise ValueError(f"--jobs {args.jobs}: give N >= 1, with the local executor (SLURM runs "
+                             "slurm.array_parallelism tasks at a time)")
         print(set_threads(args.threads), flush=True)
     except (UnknownNameError, ValueError) as err:
         raise UsageError(str(err)) from err
@@ -124,13 +130,13 @@ def _main(args: argparse.Namespace) -> int:
         print("error: under torchrun run one cell (--method ...); a grid runs its cells data-parallel with "
               "--executor slurm slurm.tasks_per_node=N", file=sys.stderr)
         return 2
-    if (args.executor or "local") != "local":  # submitit jobs by stage (slurm/dispatch.py)
+    if (args.executor or "local") != "local" or args.jobs > 1:  # submitit jobs by stage (slurm/dispatch.py)
         from slurm.dispatch import run_cli
 
         cells = (grid_cells(args.grid, cfg, scaling_effects=scaling_effects, main_n=main_n) if args.grid
                  else [GridCell(cfg, ())])
-        return run_cli(cells, Path(args.out), args.cache, executor=args.executor, slurm=slurm,
-                       name=args.grid or cfg.method, force=args.force, wait=args.wait)
+        return run_cli(cells, Path(args.out), args.cache, executor=args.executor or "local", slurm=slurm,
+                       name=args.grid or cfg.method, force=args.force, wait=args.wait, parallel=args.jobs)
     cache = ArtifactCache(args.cache)
     if args.grid:
         return runner.run_grid(args.grid, cfg, Path(args.out), cache, force=args.force,

@@ -20,6 +20,11 @@ build, ``ResultStore.is_done``) is not submitted. Anything not prebuilt here (e.
 ``SHARED_NEEDS`` table does not know) is built by the cell job itself under the cache's file
 lock, so the table only saves time; it never decides correctness.
 
+With the ``local`` executor (subprocesses of this machine, submitit's ``LocalExecutor``) at most
+``parallel`` jobs run at once (default: this machine's usable cores), each with its share of
+the cores as torch threads unless the user set them; teachers and Lightning need only the base,
+so they share one pool instead of waiting for each other (``bench.run --jobs N``).
+
 Measurement cells (``bench.cells.DeploymentCell``: deployment cost) train nothing, so they need
 no shared stage; they run in the cells array like the others.
 
@@ -345,15 +350,20 @@ class Submission:
 def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, *,
            executor: str = "slurm", slurm: SlurmConfig = SlurmConfig(), name: str = "run",
            force: bool = False, wait: bool = False,
-           tags: Mapping[str, Sequence[str]] | None = None) -> Submission:
+           tags: Mapping[str, Sequence[str]] | None = None, parallel: int | None = None) -> Submission:
     """Submit ``cells`` (a grid) stage by stage; see the module docstring. ``tags`` (cell id ->
     the report tables its grid feeds) are stored with the cells.
 
     On SLURM this returns once everything is queued (``wait=True``: once it finished). The
     ``local`` and ``debug`` executors have no dependencies, so this runs the stages in order
-    and returns when all are done.
+    and returns when all are done; ``local`` runs at most ``parallel`` jobs at once (default:
+    the usable cores).
     """
     kind = check_kind(executor)
+    if kind == "local":
+        from bench.threads import usable_cores
+
+        parallel = parallel or usable_cores()
     out = Path(out).resolve()
     cache_root = ArtifactCache(cache).root.resolve()
     p = plan(cells, out, cache_root, force=force, tags=tags)
@@ -374,16 +384,25 @@ def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, 
 
     array_ids: dict[str, str] = {}   # stage -> SLURM array job id
     failed_shared: list[str] = []
-    for stage in SHARED_STAGES:
-        tasks = list(p.shared[stage].values())
-        if not tasks:
-            continue
-        dep = _afterok([array_ids["base"]]) if stage != "base" and "base" in array_ids else None
-        args = [(stage, t.args[0], str(cache_root), *t.args[1:]) for t in tasks]
-        jobs = _submit_stage(sub, kind, out, slurm, stage, ArtifactJob(), args, tasks, dependency=dep)
-        array_ids[stage] = _array_id(jobs[0])
-        if kind != "slurm":
-            failed_shared += _wait_local(jobs, tasks)
+
+    def shared_args(stage: str) -> list[tuple]:
+        return [(stage, t.args[0], str(cache_root), *t.args[1:]) for t in p.shared[stage].values()]
+
+    if kind == "local":  # the base first; then teachers and Lightning, which need only the base, in one pool
+        for stages in (("base",), tuple(s for s in SHARED_STAGES if s != "base")):
+            failed_shared += _run_local(sub, out, slurm, [(s, ArtifactJob(), shared_args(s),
+                                                           list(p.shared[s].values())) for s in stages], parallel)
+    else:
+        for stage in SHARED_STAGES:
+            tasks = list(p.shared[stage].values())
+            if not tasks:
+                continue
+            dep = _afterok([array_ids["base"]]) if stage != "base" and "base" in array_ids else None
+            jobs = _submit_stage(sub, kind, out, slurm, stage, ArtifactJob(), shared_args(stage), tasks,
+                                 dependency=dep)
+            array_ids[stage] = _array_id(jobs[0])
+            if kind != "slurm":
+                failed_shared += _wait_local(jobs, tasks)
 
     if p.cells:
         if failed_shared:  # like SLURM's kill-on-invalid-dep: cells whose inputs failed do not start
@@ -396,10 +415,13 @@ def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, 
         else:
             dep = _afterok(list(array_ids.values())) if array_ids else None
             args = [(t.args[0], str(out), str(cache_root), force) for t in p.cells]
-            jobs = _submit_stage(sub, kind, out, slurm, "cells", CellJob(), args, p.cells, dependency=dep)
-            array_ids["cells"] = _array_id(jobs[0])
-            if kind != "slurm":
-                _wait_local(jobs, p.cells)
+            if kind == "local":
+                _run_local(sub, out, slurm, [("cells", CellJob(), args, p.cells)], parallel)
+            else:
+                jobs = _submit_stage(sub, kind, out, slurm, "cells", CellJob(), args, p.cells, dependency=dep)
+                array_ids["cells"] = _array_id(jobs[0])
+                if kind != "slurm":
+                    _wait_local(jobs, p.cells)
     if p.cells or not (out / "report.md").exists():
         dep = f"afterany:{array_ids['cells']}" if "cells" in array_ids and kind == "slurm" else None
         report = Task("report", "report", (str(out),))
@@ -422,6 +444,15 @@ def _submit_stage(sub: Submission, kind: str, out: Path, slurm: SlurmConfig, sta
                              dependency=dependency if kind == "slurm" else None, cpu_only=cpu_only)
     with executor.batch():
         jobs = [executor.submit(fn, *a) for a in args]
+    _record_jobs(sub, stage, jobs, tasks, dependency)
+    ids = sorted({_array_id(j) for j in jobs})
+    print(f"[dispatch] stage {stage}: {len(jobs)} task(s) as job {', '.join(ids)}"
+          + (f" ({dependency})" if dependency and kind == "slurm" else ""), flush=True)
+    return jobs
+
+
+def _record_jobs(sub: Submission, stage: str, jobs: list[submitit.Job], tasks: list[Task],
+                 dependency: str | None = None) -> None:
     for job, task in zip(jobs, tasks):
         entry = {"stage": stage, "label": task.label, "job_id": str(job.job_id),
                  "log_folder": str(job.paths.folder), "dependency": dependency, "cell": task.cell}
@@ -431,10 +462,48 @@ def _submit_stage(sub: Submission, kind: str, out: Path, slurm: SlurmConfig, sta
                                              "config": task.args[0], "log_folder": str(job.paths.folder)}
     sub.jobs += jobs
     _write_record(sub)
-    ids = sorted({_array_id(j) for j in jobs})
-    print(f"[dispatch] stage {stage}: {len(jobs)} task(s) as job {', '.join(ids)}"
-          + (f" ({dependency})" if dependency and kind == "slurm" else ""), flush=True)
-    return jobs
+
+
+def _run_local(sub: Submission, out: Path, slurm: SlurmConfig, stages: list[tuple[str, Any, list[tuple], list[Task]]],
+               parallel: int, poll_s: float = 0.5) -> list[str]:
+    """Run the jobs of ``stages`` (each: name, job function, argument tuples, tasks; none needs
+    another's output) as local subprocesses, at most ``parallel`` at a time: submitit's
+    LocalExecutor starts every job it is given at once, which on a small machine makes N jobs
+    take turns on the cores. Each job gets ``cores // parallel`` torch threads unless the user
+    chose (``BENCH_THREADS`` / ``OMP_NUM_THREADS``; bench/threads.py). Returns the labels of the
+    jobs that failed."""
+    import os
+    from unittest import mock  # patch.dict: set an environment variable for one call, then restore it
+
+    from bench.threads import usable_cores
+
+    pending = [(stage, fn, a, t) for stage, fn, args, tasks in stages for a, t in zip(args, tasks)]
+    if not pending:
+        return []
+    executors: dict[str, submitit.Executor] = {}
+    running: list[tuple[submitit.Job, Task]] = []
+    failed: list[str] = []
+    share = None if os.environ.get("BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS") else \
+        str(max(1, usable_cores() // parallel))
+    print(f"[dispatch] {len(pending)} local job(s) of {', '.join(s for s, *_ in stages)}, {parallel} at a time"
+          + (f", {share} thread(s) each" if share else ""), flush=True)
+    while pending or running:
+        while pending and len(running) < parallel:
+            stage, fn, a, task = pending.pop(0)
+            if stage not in executors:
+                executors[stage] = make_executor("local", out / "slurm" / stage, slurm, job_name=f"bench-{stage}")
+            # the job's controller starts now and inherits this process's environment
+            with mock.patch.dict(os.environ, {"BENCH_THREADS": share} if share else {}):
+                job = executors[stage].submit(fn, *a)
+            _record_jobs(sub, stage, [job], [task])
+            running.append((job, task))
+        finished = [(job, task) for job, task in running if job.done()]
+        for job, task in finished:
+            running.remove((job, task))
+            failed += _wait_local([job], [task])
+        if not finished:
+            time.sleep(poll_s)
+    return failed
 
 
 def _wait_local(jobs: list[submitit.Job], tasks: list[Task]) -> list[str]:
@@ -466,10 +535,10 @@ def _write_record(sub: Submission) -> None:
 
 
 def run_cli(cells: list[GridCell], out: Path, cache: str | None, *, executor: str, slurm: SlurmConfig,
-            name: str, force: bool, wait: bool) -> int:
+            name: str, force: bool, wait: bool, parallel: int | None = None) -> int:
     started = time.perf_counter()
     submit([c.cell for c in cells], out, cache, executor=executor, slurm=slurm, name=name, force=force,
-           wait=wait, tags={cell_id(c.cell): c.tags for c in cells})
+           wait=wait, tags={cell_id(c.cell): c.tags for c in cells}, parallel=parallel)
     if executor == "slurm" and not wait:
         return 0
     print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")

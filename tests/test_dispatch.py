@@ -290,3 +290,33 @@ def test_debug_executor_runs_a_deployment_cell_and_resubmits_it_after_a_failure(
     assert set(cell_status(out)["state"]) == {"done"} and print_status(out) == 0
     report = (out / "report.md").read_text()
     assert "Storage ↓" in report.split("## 3.")[1] and "None: every cell finished" in report
+
+
+def _stamp(folder: str, i: int) -> str:
+    import os
+
+    start = time.time()
+    time.sleep(1.5)
+    Path(folder, f"{i}.json").write_text(json.dumps({"start": start, "end": time.time(),
+                                                     "threads": os.environ.get("BENCH_THREADS")}))
+    return str(i)
+
+
+@pytest.mark.e2e
+def test_local_jobs_run_at_most_parallel_at_once_with_their_share_of_the_cores(tmp_path: Path, monkeypatch) -> None:
+    """``bench.run --jobs 2``: five local jobs, never more than two at a time (submitit alone
+    would start all five), each told to use its share of the cores when the user set no threads."""
+    from bench.threads import usable_cores
+    from slurm.dispatch import Submission, Task, _run_local
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    sub = Submission(tmp_path / "record.json", {"jobs": [], "cells": {}})
+    tasks = [Task("teachers", f"job {i}", ("x",)) for i in range(5)]
+    failed = _run_local(sub, tmp_path, SlurmConfig(), [("teachers", _stamp, [(str(tmp_path), i) for i in range(5)],
+                                                        tasks)], parallel=2, poll_s=0.1)
+    assert failed == [] and len(sub.record["jobs"]) == 5
+    spans = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(5)]
+    at_once = max(sum(s["start"] <= t["start"] < s["end"] for s in spans) for t in spans)
+    assert at_once == 2
+    assert {s["threads"] for s in spans} == {str(max(1, usable_cores() // 2))}
