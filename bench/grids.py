@@ -98,10 +98,10 @@ class GridSizes:
 
 PAPER_SIZES = GridSizes(main_effects=50, scaling=(10, 20, 50, 100, 180), deployment=(10, 20, 50, 100, 150),
                         curve_points=6,
-                        # synth ours (1000 steps, batch 8): 2688 forward + 640 backward sample passes
-                        # counted over its first 50 steps, x 20 (the per-step count varies with the
+                        # synth ours (1000 steps, batch 8), counted over its whole run: 52,576 forward
+                        # + 11,392 backward sample passes (the per-step count varies with the
                         # backward-simulation depth drawn); FM all-in-1's published 1500 x 16 x 2 = 48,000
-                        matched_passes=66_560)
+                        matched_passes=63_968)
 # smoke: the same grids on the smoke preset's 3 effects; deployment keeps the paper's N (it trains
 # nothing: adapter files of the right shapes, routing on paraphrases, timed switches).
 SMOKE_SIZES = GridSizes(main_effects=3, scaling=(2, 3, 4), deployment=(10, 20, 50, 100, 150),
