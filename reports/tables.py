@@ -227,7 +227,7 @@ def training_cost(rows: pd.DataFrame, by: str | Sequence[str] = "method") -> pd.
     (bench/cost.py figures are exclusive, so summing over artifacts counts nothing twice).
     Columns: ``passes`` (sample forward + backward passes through the transformer), ``cpu_s``,
     ``wall_s``, ``uncounted`` (artifacts built before costs were recorded), for everything but the
-    shared base (``SHARED_KINDS``), and ``base_passes`` / ``base_cpu_s`` for that."""
+    shared base (``SHARED_KINDS``), and ``base_passes`` / ``base_cpu_s`` / ``base_uncounted`` for that."""
     cost = rows[rows["role"].fillna("") == COST_ROLE] if "role" in rows.columns else rows.iloc[:0]
     if cost.empty or "artifact" not in cost.columns:
         return pd.DataFrame()
@@ -238,7 +238,8 @@ def training_cost(rows: pd.DataFrame, by: str | Sequence[str] = "method") -> pd.
     out = {}
     for key, sub in cost.groupby(by[0] if len(by) == 1 else by):
         own, shared = _cost_sums(sub[~sub.kind.isin(SHARED_KINDS)]), _cost_sums(sub[sub.kind.isin(SHARED_KINDS)])
-        out[key] = {**own, "base_passes": shared["passes"], "base_cpu_s": shared["cpu_s"]}
+        out[key] = {**own, "base_passes": shared["passes"], "base_cpu_s": shared["cpu_s"],
+                    "base_uncounted": shared["uncounted"]}
     return pd.DataFrame.from_dict(out, orient="index")
 
 
@@ -289,8 +290,9 @@ def cost_line(rows: pd.DataFrame) -> str:
         return ""
     r = costs.iloc[0]
     uncounted = f", {int(r['uncounted'])} artifact(s) built before costs were counted" if r["uncounted"] else ""
+    base = "built before costs were counted" if r["base_uncounted"] else f"{human_count(r['base_passes'])} passes"
     return (f"training cost: {human_count(r['passes'])} transformer passes, {r['cpu_s'] / 3600:.2f} CPU h "
-            f"(base: {human_count(r['base_passes'])} passes){uncounted} -- per artifact in the rows (role 'cost')")
+            f"(base: {base}){uncounted} -- per artifact in the rows (role 'cost')")
 
 
 def human_count(n: float) -> str:

@@ -96,6 +96,11 @@ def test_an_artifact_built_before_costs_were_counted_is_uncounted_not_zero(tmp_p
     assert "built before training costs were recorded" in recs[0]["note"]
     rows = pd.DataFrame([{**r, "method": "ours", "ablation": "none", "n_effects": 1} for r in recs])
     assert tables.cost_cells(tables.training_cost(rows), ["ours"])["training passes ↓"] == ["0 (+1 uncounted)"]
+    (tmp_path / "base").mkdir()  # an uncounted base is said so after a run, not "0 passes"
+    base = [{**r, "method": "ours", "ablation": "none", "n_effects": 1}
+            for r in cost.cost_records({"base/old": ("base model", tmp_path / "base")})]
+    line = tables.cost_line(pd.DataFrame(base + rows.to_dict("records")))
+    assert "(base: built before costs were counted)" in line
 
 
 def test_the_scaling_table_states_each_rows_training_cost_per_number_of_effects():
