@@ -29,8 +29,12 @@ class MergeSpec:
     density: float | None = None   # TIES / DARE keep fraction
 
 
-def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSpec) -> None:
+def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSpec, seed: int = 0) -> None:
     """Add adapter ``merged`` to ``transformer`` combining the loaded adapters ``names``.
+
+    DARE drops entries at random (peft draws from torch's global generator): the draw is made
+    from ``seed`` inside a forked RNG, so a merge is the same whatever ran before it in the
+    process -- it is a cached artifact (unseeded, two builds of one key differed).
 
     diffusers injects LoRA layers without a peft ``LoraModel`` wrapper; ``add_weighted_adapter``
     lives on that wrapper. Wrapping the transformer around its own ``peft_config`` dict (with a
@@ -41,8 +45,10 @@ def merge_teachers(transformer: torch.nn.Module, names: list[str], spec: MergeSp
     cfg["_merge_anchor"] = LoraConfig(r=1, lora_alpha=1, target_modules=list(cfg[names[0]].target_modules))
     tuner = LoraModel(transformer, cfg, "_merge_anchor")
     weight = spec.weight / len(names) if spec.average else spec.weight
-    tuner.add_weighted_adapter(names, [weight] * len(names), MERGED,
-                               combination_type=spec.combination_type, density=spec.density)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tuner.add_weighted_adapter(names, [weight] * len(names), MERGED,
+                                   combination_type=spec.combination_type, density=spec.density)
     transformer.delete_adapters(["_merge_anchor"])
 
 
@@ -52,9 +58,11 @@ class MergeBaseline(StackedWithLightning):
     def build_lora(self, effects: list[EffectSpec]) -> Path:
         ws = self.ws
         teachers = {e.lora_name: ws.teacher_dir(e) for e in effects}
+        random = self.spec.combination_type.startswith("dare")  # the run's seed draws the drops
         artifact = ArtifactSpec("merged", {
             "base": ws.base_key, "merge": self.spec.__dict__,
-            "teachers": sorted(teacher_identity(e, teachers[e.lora_name]) for e in effects)},
+            "teachers": sorted(teacher_identity(e, teachers[e.lora_name]) for e in effects),
+            **({"seed": ws.cfg.seed} if random else {})},
             label=f"{self.name} of {len(effects)} teachers")
 
         def build(out: Path) -> None:
@@ -63,7 +71,7 @@ class MergeBaseline(StackedWithLightning):
             bank.check(teachers)  # all validated first: ranks and targets must agree
             for name, path in teachers.items():
                 bank.add_teacher(name, path)
-            merge_teachers(bb.transformer, list(teachers), self.spec)
+            merge_teachers(bb.transformer, list(teachers), self.spec, seed=ws.cfg.seed)
             save_lora(bb.transformer, MERGED, out)
 
         return ws.cache.get_or_build(artifact, build)
