@@ -18,7 +18,7 @@ FAST_SUITE = "not e2e and not slurm"  # pyproject's addopts: what plain `pytest`
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """Plain ``pytest`` (the whole fast suite: no paths, no ``-m``, no ``-n``) runs on
     pytest-xdist workers, one per core up to 4, each test file on one worker (its module
-    fixtures built once): quiet on 2 cores 98 s instead of 140 s. Named files or tests run in
+    fixtures built once): quiet on 2 cores 83 s instead of 140-154 s. Named files or tests run in
     one process (workers would only add their start-up), ``-m ""`` too (CI: the SLURM tests
     share one dev cluster); an explicit ``-n`` is as asked, ``-n 0`` the fast suite serially."""
     xdist = config.pluginmanager.hasplugin("xdist")
