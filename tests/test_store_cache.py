@@ -191,3 +191,19 @@ def test_the_shipped_base_is_the_default_presets():
         assert json.loads((shipped / "config.json").read_text()) == json.loads(json.dumps(spec.record(), default=str))
         keys.add(spec.key)
     assert {p.name for p in (SHIPPED / "base").iterdir()} == keys  # no stale bases in the package
+
+
+def test_the_assets_check_names_the_files_a_rebuild_changed(tmp_path):
+    """``python -m bench.assets --check`` compares a rebuild with the shipped files byte by byte;
+    the cost record (its seconds differ from run to run) is not compared."""
+    from bench.assets.__main__ import _differences
+
+    a, b = tmp_path / "rebuilt", tmp_path / "shipped"
+    for d, weights, seconds in ((a, b"\x00\x01", "1.0"), (b, b"\x00\x01", "2.0")):
+        (d / "transformer").mkdir(parents=True)
+        (d / "transformer" / "w.safetensors").write_bytes(weights)
+        (d / "cost.json").write_text(seconds)
+    assert _differences(a, b) == []
+    (a / "transformer" / "w.safetensors").write_bytes(b"\x00\x02")
+    (b / "loss.csv").write_text("step,loss")
+    assert _differences(a, b) == ["loss.csv", "transformer/w.safetensors"]
