@@ -270,8 +270,7 @@ def cost_table(rows: pd.DataFrame) -> str:
         if d.empty:
             return ""
         sums = _cost_sums(d)
-        text = f"{human_count(sums['passes'])} · {sums['cpu_s'] / 3600:.2f} h" if (d.status == "ok").any() else "—"
-        return text + (f" (+{sums['uncounted']} uncounted)" if sums["uncounted"] else "")
+        return cost_text(sums["passes"], sums["cpu_s"], sums["uncounted"], counted=(d.status == "ok").any())
 
     lines = []
     for method in method_order(list(dict.fromkeys(cost["method"]))):
@@ -302,22 +301,31 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def cost_cells(costs: pd.DataFrame, keys: Sequence, *, joined: bool = False) -> dict[str, list[str]]:
-    """The training-cost columns for ``keys`` of ``training_cost``'s index ("—" where not counted):
-    passes and CPU hours, or with ``joined`` one column of both ("66.6 k · 0.35 h")."""
+def cost_text(passes: float, cpu_s: float, uncounted: int = 0, *, counted: bool = True) -> str:
+    """One training-cost cell: "66.6 k · 0.35 h", "—" when nothing in it was counted, and how
+    many of its artifacts were built before costs were counted."""
+    text = f"{human_count(passes)} · {cpu_s / 3600:.2f} h" if counted else "—"
+    return text + (f" (+{uncounted} uncounted)" if uncounted else "")
+
+
+def _row_cost(costs: pd.DataFrame, key) -> str:
+    """``cost_text`` of one row of ``training_cost`` ("—" where it has none)."""
+    if costs.empty or key not in costs.index:
+        return "—"
+    r = costs.loc[key]
+    return cost_text(r["passes"], r["cpu_s"], int(r["uncounted"]), counted=not r["uncounted"] or r["cpu_s"] > 0)
+
+
+def cost_cells(costs: pd.DataFrame, keys: Sequence) -> dict[str, list[str]]:
+    """The main / ablation table's training-cost columns for ``keys`` ("—" where not counted)."""
     def cell(k, col: str, text: Callable[[float], str]) -> str:
         if costs.empty or k not in costs.index:
             return "—"
         r = costs.loc[k]
-        return text(r[col]) + (f" (+{int(r['uncounted'])} uncounted)" if r["uncounted"] and not joined else "")
+        return text(r[col]) + (f" (+{int(r['uncounted'])} uncounted)" if r["uncounted"] else "")
 
-    passes = [cell(k, "passes", human_count) for k in keys]
-    hours = [cell(k, "cpu_s", lambda v: f"{v / 3600:.2f}") for k in keys]
-    if not joined:
-        return {"training passes ↓": passes, "training CPU h ↓": hours}
-    uncounted = [int(costs.loc[k]["uncounted"]) if not costs.empty and k in costs.index else 0 for k in keys]
-    return {"training cost ↓": [p if p == "—" else f"{p} · {h} h" + (f" (+{u} uncounted)" if u else "")
-                                for p, h, u in zip(passes, hours, uncounted)]}
+    return {"training passes ↓": [cell(k, "passes", human_count) for k in keys],
+            "training CPU h ↓": [cell(k, "cpu_s", lambda v: f"{v / 3600:.2f}") for k in keys]}
 
 
 COST_NOTE = ("Training cost: counted while each artifact was built (bench/cost.py) -- sample forward + backward "
@@ -473,7 +481,7 @@ def scaling_table(rows: pd.DataFrame, role: str = "CLIP") -> str:
         return text
     passes = pd.DataFrame({"Method": [label(m) for m in methods]})
     for n in sizes:
-        passes[f"{n} LoRAs"] = [cost_cells(costs, [(m, n)], joined=True)["training cost ↓"][0] for m in methods]
+        passes[f"{n} LoRAs"] = [_row_cost(costs, (m, n)) for m in methods]
     return text + "\n\nTraining cost (sample passes · CPU hours) of each row:\n\n" + render(passes) + \
         "\n\n" + COST_NOTE
 
