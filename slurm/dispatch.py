@@ -475,7 +475,7 @@ def _run_local(sub: Submission, out: Path, slurm: SlurmConfig, stages: list[tupl
     import os
     from unittest import mock  # patch.dict: set an environment variable for one call, then restore it
 
-    from bench.threads import usable_cores
+    from bench.threads import choose_threads, usable_cores
 
     pending = [(stage, fn, a, t) for stage, fn, args, tasks in stages for a, t in zip(args, tasks)]
     if not pending:
@@ -483,8 +483,8 @@ def _run_local(sub: Submission, out: Path, slurm: SlurmConfig, stages: list[tupl
     executors: dict[str, submitit.Executor] = {}
     running: list[tuple[submitit.Job, Task]] = []
     failed: list[str] = []
-    share = None if os.environ.get("BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS") else \
-        str(max(1, usable_cores() // parallel))
+    chosen = choose_threads()[1] in ("BENCH_THREADS", "OMP_NUM_THREADS")  # the user's setting wins (bench/threads.py)
+    share = None if chosen else str(max(1, usable_cores() // parallel))
     print(f"[dispatch] {len(pending)} local job(s) of {', '.join(s for s, *_ in stages)}, {parallel} at a time"
           + (f", {share} thread(s) each" if share else ""), flush=True)
     while pending or running:
