@@ -359,6 +359,8 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add(f"> **{len(failed)} cell(s) did not finish** — see [Failed cells](#failed-cells): "
             + ", ".join(f"`{c.cid}` ({c.method})" for c in failed) + "\n")
 
+    curve_rows = rows_of(sec["curves"], with_step=True)  # the training curves; the cost plot draws them too
+
     # 1. main table ------------------------------------------------------------------------------
     n = sec["main_n"]
     add(f"## 1. Main table — {n} effects\n")
@@ -370,8 +372,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
         add("**Training cost** of each method's artifacts (by kind of artifact):\n")
         add(tables.cost_table(main_rows) + "\n")
         for role in ("CLIP", "DreamSim"):
-            p = plots.quality_vs_cost(main_rows, role, assets / f"cost_{role.lower()}.png",
-                                      rows_of(sec["curves"], with_step=True) if sec["curves"] else None)
+            p = plots.quality_vs_cost(main_rows, role, assets / f"cost_{role.lower()}.png", curve_rows)
             if p:
                 add(f"![{role}-role metric vs training passes]({rel(p)})\n")
         add("**This run, per effect** (each effect's own fidelity metric; a mean over effects can hide a method "
@@ -460,7 +461,6 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
 
     # 5. training curves -------------------------------------------------------------------------------
     add("## 5. Training curves\n")
-    curve_rows = rows_of(sec["curves"], with_step=True)
     if len(curve_rows):
         steps = sorted({int(s) for s in curve_rows["step"].dropna()})
         snapshots = any(c.curve_rows is not None for c in sec["curves"])
