@@ -173,17 +173,21 @@ class Workspace:
         return bb
 
     # -- teachers -------------------------------------------------------------------------------
+    def teacher_spec(self, effect: EffectSpec) -> ArtifactSpec:
+        """What the effect's trained teacher LoRA is made from (its cache key names it without building it)."""
+        rows = self.full_bench.train_rows(effect.lora_name)
+        return ArtifactSpec("teachers", {
+            "base": self.base_key, "teacher": self.cfg.teacher, "effect": effect.lora_name, "prompt": effect.prompt,
+            **self.content_inputs([p for r in rows for p in (r.source_image, r.target_image) if p])},
+            label=f"teacher LoRA {effect.lora_name}")
+
     def teacher_dir(self, effect: EffectSpec, backbone: Backbone | None = None) -> Path:
         """The effect's teacher LoRA: its manifest ``lora_path``, or trained here and cached."""
         if effect.lora_path is not None:
             return Path(effect.lora_path)
         from methods.teachers import train_teacher
 
-        rows = self.full_bench.train_rows(effect.lora_name)
-        spec = ArtifactSpec("teachers", {
-            "base": self.base_key, "teacher": self.cfg.teacher, "effect": effect.lora_name, "prompt": effect.prompt,
-            **self.content_inputs([p for r in rows for p in (r.source_image, r.target_image) if p])},
-            label=f"teacher LoRA {effect.lora_name}")
+        spec = self.teacher_spec(effect)
 
         def build(out: Path) -> None:
             rows = self.full_bench.train_rows(effect.lora_name)

@@ -23,6 +23,12 @@ are spread. Then:
 
     python benchmarks/world_gate.py [--preset synth] [--effects N | --only A,B | --every K]
                                     [--json gate.json] [key=value ...]
+
+``--json FILE`` accumulates: the file keeps every effect gated into it, an effect already there
+with the same gate key (its teacher's cache key, the sampling and evaluation settings, the seed,
+``GATE_VERSION``) is read back instead of sampled again, and a stale one is measured again and
+replaced. So gating 20 effects after 10 samples only the new ten, and one file can hold a
+catalogue gated in pieces (``--only``); the counts it stores are over everything it holds.
 """
 
 from __future__ import annotations
@@ -38,18 +44,22 @@ import pandas as pd
 import torch
 
 from bench.cache import ArtifactCache
-from bench.config import PRESETS, apply_overrides
+from bench.config import PRESETS, apply_overrides, config_hash
+from bench.errors import KNOWN_ERRORS, BenchError
 from bench.evaluate import effect_batch
 from bench.runner import quiet_expected_warnings
 from bench.workspace import Workspace
 from methods.adapters import AdapterBank
 from methods.distill import edit_with
+from methods.teachers import teacher_identity
 from metrics import METRICS
 from metrics.modes import DiversityRatio, ModeBlur, ModeCoverage, ModeMAE
 from reports.stats import bootstrap_ci, log_distance, paired_difference, significantly
 from reports.tables import fidelity_metric
 
 COVERAGE_BAR = 0.8
+GATE_VERSION = 1          # bump when gate_effect measures differently: stored figures are then stale
+SERIES = ("source_mae", "mean_mae", "draw_mae")  # per-source baselines stored beside the NFE columns
 
 
 def settings(cfg) -> list[tuple[int, float]]:
@@ -92,6 +102,57 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
                 ("mode_coverage", ModeCoverage()), ("diversity_ratio", DiversityRatio()))}
         out["nfe"][nfe] = col
     return out
+
+
+def gate_key(ws: Workspace, effect) -> str:  # noqa: ANN001
+    """What an effect's gate figures are made from: its teacher (by cache key, or a manifest
+    LoRA's bytes), the sampling and evaluation settings, the seed and this script's version."""
+    teacher = (ws.teacher_spec(effect).key if effect.lora_path is None
+               else teacher_identity(effect, Path(effect.lora_path)))
+    cfg = ws.cfg
+    return config_hash(GATE_VERSION, teacher, cfg.sampling, cfg.eval.draws, cfg.eval.limit, cfg.seed)
+
+
+def to_json(res: dict) -> dict:
+    return {**{k: (v.tolist() if isinstance(v, pd.Series) else v) for k, v in res.items()},
+            "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in res["nfe"].items()}}
+
+
+def from_json(entry: dict) -> dict:
+    """An effect's stored figures as ``gate_effect`` returns them (per-source series)."""
+    res = {k: (pd.Series(v, dtype=float) if k in SERIES else v) for k, v in entry.items()}
+    res["nfe"] = {int(n): {k: pd.Series(v, dtype=float) for k, v in col.items()} for n, col in entry["nfe"].items()}
+    return res
+
+
+def load_gated(path: Path, preset: str) -> dict[str, dict]:
+    """The effects already gated into ``path`` (none if it does not exist), by name."""
+    if not path.exists():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+        entries = stored["effects"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BenchError(f"{path} is not a world-gate file ({e}); pass another --json") from e
+    if stored.get("preset") != preset:
+        raise BenchError(f"{path} holds the gate of preset {stored.get('preset')!r}, not {preset!r}; "
+                         "pass another --json")
+    return {e["effect"]: from_json(e) for e in entries}
+
+
+def gate_or_read(effect, gated: dict[str, dict], *, key, measure) -> tuple[dict, bool]:  # noqa: ANN001
+    """The effect's figures and whether they were read back: ``gated``'s entry when its key is
+    ``key(effect)``, else ``measure(effect)`` (then stored in ``gated`` under that key)."""
+    k = key(effect)
+    res = gated.get(effect.lora_name)
+    if res is not None and res.get("key") == k:
+        return res, True
+    res = gated[effect.lora_name] = {**measure(effect), "key": k}
+    return res, False
+
+
+def tally(results: list[dict]) -> dict[str, int]:
+    return {t: sum(t in r["tests"] for r in results) for t in ("few-step gap", "coverage", "neither")}
 
 
 def learned_at(res: dict) -> list[int]:
@@ -161,11 +222,15 @@ def main() -> None:
     if args.only or args.every:  # effects from the whole catalogue: the workspace must hold them all
         ws = Workspace(replace(cfg, n_effects=len(ws.full_bench.effects)), ws.cache)
     t0 = time.perf_counter()
+    gated = load_gated(Path(args.json), cfg.preset) if args.json else {}
     bb = ws.load_backbone()
     bank = AdapterBank(bb.transformer)
     results, lines = [], []
+    reused = 0
     for effect in chosen(ws, args.only, args.every):
-        res = gate_effect(ws, bank, bb, effect)
+        res, was_stored = gate_or_read(effect, gated, key=lambda e: gate_key(ws, e),
+                                       measure=lambda e: gate_effect(ws, bank, bb, e))
+        reused += was_stored
         gap, cov = verdict(res)
         res["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
         results.append(res)
@@ -193,17 +258,28 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     print("\n".join(lines))
-    counts = {t: sum(t in r["tests"] for r in results) for t in ("few-step gap", "coverage", "neither")}
+    counts = tally(results)
     print(f"\n{counts['few-step gap']} of {len(results)} effects test the few-step gap, {counts['coverage']} test "
-          f"coverage, {counts['neither']} test neither ({time.perf_counter() - t0:.0f} s).")
+          f"coverage, {counts['neither']} test neither ({time.perf_counter() - t0:.0f} s; {reused} read back "
+          f"from {args.json}).")
     if args.json:
-        def plain(r: dict) -> dict:
-            return {**{k: (v.tolist() if isinstance(v, pd.Series) else v) for k, v in r.items()},
-                    "nfe": {str(n): {k: v.tolist() for k, v in col.items()} for n, col in r["nfe"].items()}}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
-        with open(args.json, "w") as f:
-            json.dump({"preset": cfg.preset, "counts": counts, "effects": [plain(r) for r in results]}, f, indent=1)
+        everything = list(gated.values())
+        for r in everything:  # entries of other effects: their verdicts by this version's rules
+            gap, cov = verdict(r)
+            r["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
+        total = tally(everything)
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"preset": cfg.preset, "counts": total,
+                                   "effects": [to_json(r) for r in everything]}, indent=1))
+        tmp.replace(out)  # a crash mid-write leaves the previous file whole
+        print(f"{out} now holds {len(everything)} gated effects: {total['few-step gap']} test the few-step gap, "
+              f"{total['coverage']} coverage, {total['neither']} neither.")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KNOWN_ERRORS as err:
+        raise SystemExit(f"error: {err}") from None

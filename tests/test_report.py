@@ -528,3 +528,16 @@ def test_a_results_dir_from_before_cell_json_is_still_read(tmp_path):
     assert all(store.tags(cid) == () for cid in store.cell_ids())
     result = build_report(tmp_path, tmp_path / "r.md")
     assert result.filled["main table"] and result.filled["deployment table + plot"]
+
+
+def test_the_gate_verdict_covers_the_results_effects_and_names_the_ungated_ones(tmp_path):
+    from reports.report import _world_gate
+
+    effects = [{"effect": f"e{i}", "tests": ["few-step gap"]} for i in range(3)]
+    effects.append({"effect": "e9", "tests": ["neither"]})          # gated, but not in these results
+    (tmp_path / "world_gate.json").write_text(json.dumps({"preset": "synth", "counts": {}, "effects": effects}))
+    text = _world_gate(tmp_path, {"e0", "e1", "e2"})
+    assert "3 effects" in text and "**passes**" in text and "not gated" not in text  # e9 is not these results'
+    text = _world_gate(tmp_path, {"e0", "e1", "e2", "e3", "e4"})
+    assert "**2 of the 5 effects these results use are not gated** (e3, e4" in text
+    assert "**does not pass**" in _world_gate(tmp_path, {"e0", "e9"})

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+
+from bench.errors import BenchError
 
 _spec = importlib.util.spec_from_file_location("world_gate", Path(__file__).parents[1] / "benchmarks" / "world_gate.py")
 gate = importlib.util.module_from_spec(_spec)
@@ -43,3 +47,44 @@ def test_a_modes_teacher_must_beat_the_source_and_the_mode_mean():
     assert gate.learned_at(res) == [8, 40, 80] and gate.verdict(res) == (False, True)
     res["mean_mae"] = _series(0.05, seed=7)              # no better than averaging the modes
     assert gate.learned_at(res) == []
+
+
+class _Effect:
+    def __init__(self, name: str):
+        self.lora_name = name
+
+
+def _stored(name: str, res: dict, key: str) -> dict:
+    """An effect's figures as a gate file holds them, read back."""
+    entry = gate.to_json({**res, "effect": name, "key": key, "tests": ["few-step gap"]})
+    return gate.from_json(json.loads(json.dumps(entry)))
+
+
+def test_a_stored_effect_with_the_same_key_is_read_back_and_a_stale_one_measured_again():
+    res = _texture(0.028, {1: 0.02, 8: 0.25, 40: 0.78, 80: 0.82})
+    gated = {"sepia": _stored("sepia", res, "k1"), "grain": _stored("grain", res, "old")}
+    measured = []
+
+    def measure(e):
+        measured.append(e.lora_name)
+        return {**res, "effect": e.lora_name}
+
+    keys = {"sepia": "k1", "grain": "k2", "mirror": "k3"}
+    out = [gate.gate_or_read(_Effect(n), gated, key=lambda e: keys[e.lora_name], measure=measure)
+           for n in ("sepia", "grain", "mirror")]
+    assert [was_stored for _, was_stored in out] == [True, False, False]
+    assert measured == ["grain", "mirror"]                      # only the stale and the new one sampled
+    assert {n: r["key"] for n, r in gated.items()} == keys       # the file will hold all three, fresh
+    # the figures read back give the verdict the measured ones gave
+    assert gate.verdict(out[0][0]) == gate.verdict(res) == (True, False)
+
+
+def test_a_gate_file_of_another_preset_or_not_a_gate_file_is_refused(tmp_path):
+    path = tmp_path / "gate.json"
+    assert gate.load_gated(path, "synth") == {}                  # none yet: nothing gated
+    path.write_text(json.dumps({"preset": "smoke", "counts": {}, "effects": []}))
+    with pytest.raises(BenchError, match="preset 'smoke', not 'synth'"):
+        gate.load_gated(path, "synth")
+    path.write_text("{not json")
+    with pytest.raises(BenchError, match="not a world-gate file"):
+        gate.load_gated(path, "synth")
