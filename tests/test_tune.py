@@ -17,7 +17,17 @@ import pytest
 
 import bench.studies.tune
 from bench.config import PRESETS, apply_overrides
-from bench.studies.tune import INTERMEDIATE, SPACE, load_study, metric_mean, run_study, write_study_report
+from bench.studies.tune import (
+    INTERMEDIATE,
+    SPACE,
+    STOP,
+    TrialPruned,
+    _IntermediateScores,
+    load_study,
+    metric_mean,
+    run_study,
+    write_study_report,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -54,6 +64,8 @@ class FakeTrial:
         p = json.loads(Path(config_path).read_text())["distill"]["p_switch"]
         for step in range(1, 7):
             time.sleep(0.15)  # the driver polls every 0.05 s: it sees each score while the job runs
+            if (Path(config_path).parent / STOP).exists():  # what TrialJob's checkpoint callback does
+                raise TrialPruned(f"stopped at step {step}")
             with open(Path(config_path).parent / INTERMEDIATE, "a") as f:
                 f.write(json.dumps({"step": step, "value": p * step}) + "\n")
         return p * 6
@@ -108,9 +120,10 @@ def test_resumed_study_continues_the_search_up_to_the_total(tmp_path: Path, monk
     assert len(start(4).trials) == 4      # the total is reached: the same command runs nothing more
 
 
-def test_a_laggard_is_pruned_and_its_job_cancelled(tmp_path: Path, monkeypatch) -> None:
+def test_a_laggard_is_pruned_and_its_job_stops_quietly(tmp_path: Path, monkeypatch, capfd) -> None:
     """MedianPruner after two complete trials: a third whose intermediate scores trail theirs
-    shows state PRUNED (parameters fixed through optuna's enqueue_trial)."""
+    shows state PRUNED (parameters fixed through optuna's enqueue_trial), and its local job stops
+    at its next checkpoint without a traceback in the driver's terminal."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -129,6 +142,31 @@ def test_a_laggard_is_pruned_and_its_job_cancelled(tmp_path: Path, monkeypatch) 
     laggard = study.trials[2]
     assert laggard.intermediate_values  # pruned on a reported score (optuna keeps the last as its value)
     assert max(laggard.intermediate_values) < 6, "pruned before its last step"
+    cell = out / "cells" / laggard.user_attrs["cell"]
+    deadline = time.time() + 30
+    while len(_lines(cell / INTERMEDIATE)) < 6 and time.time() < deadline and not _job_ended(out, laggard):
+        time.sleep(0.1)
+    assert len(_lines(cell / INTERMEDIATE)) < 6, "the pruned job stopped itself before its last step"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _job_ended(out: Path, trial) -> bool:  # noqa: ANN001
+    logs = list((out / "slurm" / "trials").glob(f"{trial.user_attrs['job']}*/*_log.err"))
+    return any("TrialPruned" in p.read_text() for p in logs)
+
+
+def test_a_trial_stops_at_its_first_checkpoint_after_the_driver_pruned_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    scores = _IntermediateScores(None, "gt_psnr", tmp_path / INTERMEDIATE, limit=1)
+    (tmp_path / STOP).write_text("")
+    with pytest.raises(TrialPruned, match="DMD step 4"):
+        scores.on_checkpoint(SimpleNamespace(step=4), tmp_path / "ckpt")
+    assert not (tmp_path / INTERMEDIATE).exists()  # no score reported after the prune
 
 
 @pytest.mark.e2e

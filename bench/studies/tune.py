@@ -67,6 +67,21 @@ SPACE: dict[str, Param] = {
 }
 
 INTERMEDIATE = "intermediate.jsonl"   # per cell: {"step", "value"} at every DMD checkpoint
+STOP = "pruned"                       # per cell: written by the driver when it prunes the trial
+
+
+class TrialPruned(Exception):
+    """Raised inside a trial's job at its first checkpoint after the driver pruned it."""
+
+
+def stop_trial(job, cell_dir: Path) -> None:  # noqa: ANN001
+    """Stop a pruned trial: its job stops itself at its next checkpoint, when it finds the stop
+    file (``_IntermediateScores``). A SLURM job is also cancelled, which frees its allocation at
+    once. A local job is not: submitit's local cancel is a SIGINT to the job's controller
+    process, whose KeyboardInterrupt traceback would land in the driver's terminal."""
+    (cell_dir / STOP).write_text("pruned by the tuning driver\n")
+    if not isinstance(job, submitit.LocalJob):
+        job.cancel()
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +103,9 @@ class _IntermediateScores(TrainerCallback):
         self.metric = METRICS.get(metric_name)()
 
     def on_checkpoint(self, trainer, path: Path) -> None:  # noqa: ANN001
+        if (self.path.parent / STOP).exists():
+            raise TrialPruned(f"trial pruned by the tuning driver ({self.path.parent / STOP}); stopped at "
+                              f"DMD step {trainer.step}")
         import torch
 
         from bench.evaluate import evaluate
@@ -198,7 +216,8 @@ def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, dir
                 cfg = SPACE[name].apply(cfg, SPACE[name].suggest(trial))
             cid = cell_id(cfg)
             store.write_config(cid, cfg)
-            (store.cell_dir(cid) / INTERMEDIATE).unlink(missing_ok=True)
+            for name in (INTERMEDIATE, STOP):  # a trial with these parameters may have been pruned before
+                (store.cell_dir(cid) / name).unlink(missing_ok=True)
             trial.set_user_attr("cell", cid)
             ex = make_executor(executor, out / "slurm" / "trials", slurm, job_name=f"tune-{trial.number}")
             job = ex.submit(TrialJob(), str(store.cell_dir(cid) / "config.json"), str(out), cache_root, metric,
@@ -213,7 +232,7 @@ def run_study(base: RunConfig, out: Path, cache: str | None, *, metric: str, dir
             _report_intermediate(r)
             if not r.job.done():
                 if r.trial.should_prune():
-                    r.job.cancel()
+                    stop_trial(r.job, r.cell_dir)
                     study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
                     print(f"[tune] trial {r.trial.number}: pruned at DMD step {r.last_step}", flush=True)
                     running.remove(r)
