@@ -541,3 +541,19 @@ def test_the_gate_verdict_covers_the_results_effects_and_names_the_ungated_ones(
     text = _world_gate(tmp_path, {"e0", "e1", "e2", "e3", "e4"})
     assert "**2 of the 5 effects these results use are not gated** (e3, e4" in text
     assert "**does not pass**" in _world_gate(tmp_path, {"e0", "e9"})
+
+
+def test_the_scaling_claims_compare_fm_and_ours_across_n_and_at_the_largest_n():
+    from reports.claims import claims
+
+    smoke = PRESETS.get("smoke")()
+    quality = {("fm_all_in_1", 2): 0.6, ("fm_all_in_1", 3): 0.4, ("ours", 2): 0.9, ("ours", 3): 0.9}
+    scaling = pd.concat([_rows(replace(smoke, method=m, n_effects=n), q) for (m, n), q in quality.items()])
+    main = pd.concat([_rows(replace(smoke, method=m, n_effects=2), QUALITY[m]) for m in ("ours", "fm_all_in_1")])
+    lines = claims(main, scaling, pd.DataFrame())
+    c1 = next(line for line in lines if "(c1)" in line)
+    assert "degrades as N grows: holds" in c1 and "on the 2 effects shared by N=2 and N=3" in c1
+    ours = lines[lines.index(c1) + 1]
+    assert "for comparison, ours" in ours and "0 of 3 columns significantly worse at N=3" in ours
+    c2 = next(line for line in lines if "(c2)" in line)
+    assert "(c2) (scaling study) FM all-in-1 is behind ours at N=3: holds" in c2  # the largest N, not main's 2
