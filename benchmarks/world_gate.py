@@ -27,8 +27,9 @@ are spread. Then:
 ``--json FILE`` accumulates: the file keeps every effect gated into it, an effect already there
 with the same gate key (its teacher's cache key, the sampling and evaluation settings, the seed,
 ``GATE_VERSION``) is read back instead of sampled again, and a stale one is measured again and
-replaced. So gating 20 effects after 10 samples only the new ten, and one file can hold a
-catalogue gated in pieces (``--only``); the counts it stores are over everything it holds.
+replaced. The file is rewritten after each effect, so a crash loses at most the effect in hand.
+So gating 20 effects after 10 samples only the new ten, and one file can hold a catalogue gated
+in pieces (``--only``); the counts it stores are over everything it holds.
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ def main() -> None:
         lines.append(f"| {res['effect']} | {res['kind']} | {metric} | " + " | ".join(cells) + " | "
                      + " | ".join(extra) + f" | {maes} | {base} | {learned} | {', '.join(res['tests'])} |")
         print(lines[-1], flush=True)
+        if args.json and not was_stored:  # each effect's figures are kept as soon as they exist
+            save(Path(args.json), cfg.preset, gated)
     nfes = sorted(results[0]["nfe"]) if results else []
     head = ("| effect | kind | fidelity | " + " | ".join(f"{n} NFE" for n in nfes)
             + " | mode_blur (1/8/40/80) | mode_coverage | diversity_ratio | gt_mode_mae "
@@ -263,19 +266,24 @@ def main() -> None:
           f"coverage, {counts['neither']} test neither ({time.perf_counter() - t0:.0f} s; {reused} read back "
           f"from {args.json}).")
     if args.json:
-        everything = list(gated.values())
-        for r in everything:  # entries of other effects: their verdicts by this version's rules
-            gap, cov = verdict(r)
-            r["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
-        total = tally(everything)
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"preset": cfg.preset, "counts": total,
-                                   "effects": [to_json(r) for r in everything]}, indent=1))
-        tmp.replace(out)  # a crash mid-write leaves the previous file whole
-        print(f"{out} now holds {len(everything)} gated effects: {total['few-step gap']} test the few-step gap, "
+        total = save(Path(args.json), cfg.preset, gated)
+        print(f"{args.json} now holds {len(gated)} gated effects: {total['few-step gap']} test the few-step gap, "
               f"{total['coverage']} coverage, {total['neither']} neither.")
+
+
+def save(out: Path, preset: str, gated: dict[str, dict]) -> dict[str, int]:
+    """Write every gated effect (verdicts by this version's rules) to ``out``; the counts over them."""
+    everything = list(gated.values())
+    for r in everything:
+        gap, cov = verdict(r)
+        r["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
+    total = tally(everything)
+    out.parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"preset": preset, "counts": total, "effects": [to_json(r) for r in everything]},
+                              indent=1))
+    tmp.replace(out)  # a crash mid-write leaves the previous file whole
+    return total
 
 
 if __name__ == "__main__":
