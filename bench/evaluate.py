@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
+from bench.cache import ArtifactSpec
 from bench.cost import cost_records
 from bench.data.image_io import save_image
 from bench.progress import progress
@@ -19,6 +21,7 @@ from methods import Method
 from metrics import EvalBatch, Metric, MetricUnavailable, SampleScores
 
 SAVED_IMAGES_PER_EFFECT = 4  # result PNGs kept per effect for qualitative grids
+SAMPLES_FILE = "samples.safetensors"  # a "samples" artifact: one effect's edits, (n x draws, 3, H, W) float32
 
 
 def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
@@ -37,19 +40,8 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             tests = tests[:limit]
         if not tests:
             raise ValueError(f"effect {effect.lora_name!r} has no test rows")
-        # Each test source is edited ``draws`` times with independent noise (source-major order),
-        # so the distribution metrics see several samples of one conditional. Per-effect seed: a
-        # method's samples do not depend on which other effects ran before.
-        sources = ws.images([t.source_image for t in tests], [t.origin for t in tests]).repeat_interleave(draws, 0)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
-        results, nfes, sampler = [], [], None
-        for start in range(0, len(sources), cfg.eval.batch_size):
-            out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
-            results.append(out.images.cpu())
-            nfes.append(out.nfe)
-            sampler = out.sampler
-        result = torch.cat(results)
-        n = len(sources)
+        result, nfe, sampler = samples(method, ws, effect, tests, draws)
+        n = len(result)
         batch = effect_batch(ws, effect, tests, result, draws)
         base = {**ident, "effect": effect.lora_name, "family": effect.family or "",
                 "category": effect.data_type, "variation": effect.variation_kind, "sampler": sampler or ""}
@@ -67,7 +59,6 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
                                 "value": float(value), "status": status, "note": note, "role": m.info.role or "",
                                 "synthetic": m.info.synthetic, "higher_is_better": m.info.higher_is_better,
                                 "unit": m.info.unit, "ideal": m.info.ideal})
-        nfe = max(nfes)
         for i in range(n):
             records.append({**base, "sample": i // draws, "draw": i % draws, "metric": "nfe", "value": float(nfe),
                             "status": "ok", "note": "counted transformer calls per image", "role": "NFE",
@@ -78,6 +69,50 @@ def evaluate(method: Method, ws: Workspace, metrics: list[Metric], *, run: str,
             for j in range(1, draws):
                 save_image(image_dir / effect.lora_name / f"00_draw{j}.png", result[j].permute(1, 2, 0).numpy())
     return pd.DataFrame.from_records(records)
+
+
+def samples(method: Method, ws: Workspace, effect, tests, draws: int) -> tuple[torch.Tensor, int, str]:  # noqa: ANN001
+    """``method``'s edits of the test sources, each ``draws`` times: (images, NFE, sampler).
+
+    Each test source is edited ``draws`` times with independent noise (source-major order), so
+    the distribution metrics see several samples of one conditional. The seed is the effect's:
+    a method's samples do not depend on which other effects ran before. A method whose samples
+    of an effect depend on that effect alone (``Method.sample_identity``: Base, Base + Lightning)
+    keeps them in the artifact cache, so every N and grid that evaluates the effect shares one
+    sampling; scores are always computed afresh from them (a judge that comes back scores them).
+    """
+    cfg = ws.cfg
+    identity = method.sample_identity(effect)
+    if identity is None:
+        return _sample(method, ws, effect, tests, draws)
+    sources = [t.source_image for t in tests]
+    spec = ArtifactSpec("samples", {
+        "method": method.name, "model": identity, "effect": effect.lora_name, "prompt": effect.prompt,
+        "sources": [Path(p).name for p in sources], **ws.content_inputs(sources),
+        "image_size": ws.image_size, "draws": draws, "seed": cfg.seed, "batch_size": cfg.eval.batch_size},
+        label=f"{method.name} samples of {effect.lora_name}")
+
+    def build(out: Path) -> None:
+        images, nfe, sampler = _sample(method, ws, effect, tests, draws)
+        save_file({"images": images.contiguous()}, out / SAMPLES_FILE)
+        (out / "samples.json").write_text(json.dumps({"nfe": nfe, "sampler": sampler}))
+
+    path = ws.cache.get_or_build(spec, build)
+    meta = json.loads((path / "samples.json").read_text())
+    return load_file(path / SAMPLES_FILE)["images"], int(meta["nfe"]), meta["sampler"]
+
+
+def _sample(method: Method, ws: Workspace, effect, tests, draws: int) -> tuple[torch.Tensor, int, str]:  # noqa: ANN001
+    cfg = ws.cfg
+    sources = ws.images([t.source_image for t in tests], [t.origin for t in tests]).repeat_interleave(draws, 0)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
+    results, nfes, sampler = [], [], ""
+    for start in range(0, len(sources), cfg.eval.batch_size):
+        out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
+        results.append(out.images.cpu())
+        nfes.append(out.nfe)
+        sampler = out.sampler or ""
+    return torch.cat(results), max(nfes), sampler
 
 
 def row_identity(method, cfg, run: str) -> dict:  # noqa: ANN001 -- a Method, a RunConfig
@@ -92,7 +127,8 @@ def cost_rows(method, ws: Workspace, run: str) -> pd.DataFrame:  # noqa: ANN001 
     """The training cost of everything the cell used (``ws.cache.used``: teachers, Lightning, the
     student, the base ...), one row per artifact and cost metric (bench/cost.py)."""
     ident = row_identity(method, ws.cfg, run)
-    return pd.DataFrame.from_records([{**ident, **r} for r in cost_records(ws.cache.used)])
+    trained = {k: v for k, v in ws.cache.used.items() if not k.startswith("samples/")}  # evaluation's own
+    return pd.DataFrame.from_records([{**ident, **r} for r in cost_records(trained)])
 
 
 def effect_batch(ws: Workspace, effect, tests, results: torch.Tensor, draws: int) -> EvalBatch:

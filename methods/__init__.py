@@ -51,6 +51,13 @@ class Method(ABC):
         """Bytes of adapter files needed to serve ``effects``."""
         return 0
 
+    def sample_identity(self, effect: "EffectSpec") -> dict[str, Any] | None:
+        """What this method's samples of ``effect`` are made from (after ``prepare``) when that is
+        the effect's own adapters and settings alone, not the collection it is evaluated with:
+        the evaluation then samples the effect once however many grids and N evaluate it
+        (bench/evaluate.py). None (the default): its samples depend on the whole collection."""
+        return None
+
     def artifacts(self) -> dict[str, Path]:
         """The LoRA directories this method serves with, by role (after ``prepare``): the cell
         directory links to them and their loss CSVs (``bench.store.ResultStore.write_artifacts``)."""

@@ -15,6 +15,7 @@ from methods import EditOutput, Method
 from methods.adapters import AdapterBank
 from methods.distill import edit_with
 from methods.lora import lora_bytes
+from methods.teachers import teacher_identity
 
 
 class Base(Method):
@@ -41,6 +42,11 @@ class Base(Method):
                                 steps=s.base_steps, shift=s.shift, cfg_scale=s.base_cfg, generator=generator,
                                 sampler="euler")  # flow-matching teacher
         return EditOutput(images, nfe, effect.prompt, "euler")
+
+    def sample_identity(self, effect: EffectSpec) -> dict:
+        s = self.ws.cfg.sampling
+        return {"base": self.ws.base_key, "teacher": teacher_identity(effect, self.teachers[effect.lora_name]),
+                "steps": s.base_steps, "shift": s.shift, "cfg": s.base_cfg, "sampler": "euler"}
 
     def adapter_bytes(self, effects: list[EffectSpec]) -> int:
         return sum(lora_bytes(self.teachers[e.lora_name]) for e in effects)

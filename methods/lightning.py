@@ -13,7 +13,7 @@ from bench.data.effectbench import EffectSpec
 from methods import EditOutput, Method
 from methods.base import Base
 from methods.distill import edit_with, lightning_lora
-from methods.lora import lora_bytes
+from methods.lora import lora_bytes, weights_fingerprint
 
 LIGHTNING = "lightning"
 
@@ -27,6 +27,12 @@ class BasePlusLightning(Base):
         super().prepare(effects)  # teachers validated before Lightning's training
         self.lightning = lightning_lora(self.ws)
         load_lora(self.backbone.transformer, self.lightning, LIGHTNING)
+        self.lightning_identity = weights_fingerprint(self.lightning)
+
+    def sample_identity(self, effect: EffectSpec) -> dict:
+        s = self.ws.cfg.sampling
+        return {**super().sample_identity(effect), "lightning": self.lightning_identity, "steps": s.fast_steps,
+                "cfg": 1.0, "sampler": s.dmd_sampler}
 
     def edit(self, effect: EffectSpec, sources: torch.Tensor, generator: torch.Generator) -> EditOutput:
         s = self.ws.cfg.sampling
