@@ -542,7 +542,7 @@ def run_cli(cells: list[GridCell], out: Path, cache: str | None, *, executor: st
     if executor == "slurm" and not wait:
         return 0
     print(f"\n{name}: done in {time.perf_counter() - started:.1f}s")
-    return print_status(out)
+    return print_status(out, only={cell_id(c.cell) for c in cells})
 
 
 def resubmit_failed(out: str | Path, *, executor: str | None = None, slurm=None, wait: bool = False):  # noqa: ANN001

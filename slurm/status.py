@@ -195,8 +195,9 @@ def shared_status(out: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["submission", "stage", "label", "job", "state", "note"])
 
 
-def print_status(out: str | Path) -> int:
-    """Print the status tables; 0 when no cell failed, 1 otherwise."""
+def print_status(out: str | Path, only: set[str] | None = None) -> int:
+    """Print the status tables; 0 when no cell failed, 1 otherwise. ``only``: the cells to show
+    and judge (a grid's own: another run sharing the directory may hold cells not started yet)."""
     out = Path(out)
     if not (out / "cells").exists() and not (out / "submissions").exists():
         print(f"{out}: no cells and no submissions here")
@@ -207,6 +208,8 @@ def print_status(out: str | Path) -> int:
         print(shared.to_markdown(index=False))
         print()
     cells = cell_status(out)
+    if only is not None:
+        cells = cells[cells["cell"].isin(only)]
     print(cells.drop(columns=["log"]).to_markdown(index=False))
     counts = cells["state"].value_counts().to_dict()
     print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

@@ -182,6 +182,11 @@ def test_debug_executor_grid_failed_cell_status_and_resubmit(tmp_path: Path, cac
     assert list(again.record["cells"]) == [bad]
     assert set(cell_status(out)["state"]) == {"done"} and print_status(out) == 0
     assert ResultStore(out).read_all()["run"].nunique() == 2
+    # another run sharing the directory has written a cell it has not started: the directory's
+    # status says so, this grid's (its own cells) is still a success
+    other = tiny(seed=2)
+    ResultStore(out).write_config(cell_id(other), other)
+    assert print_status(out) == 1 and print_status(out, only={cell_id(c) for c in cells}) == 0
     assert ResultStore(out).read_error(bad) is None
 
 
