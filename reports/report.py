@@ -389,7 +389,7 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     scaling_rows = rows_of(sec["scaling"])
     ab_rows = rows_of(sec["ablation"])
     add("### The paper's claims in this world\n")
-    used = set().union(*(set(r["effect"]) for r in (main_rows, scaling_rows, ab_rows) if "effect" in r))
+    used = set().union(*(set(r["effect"]) for r in (main_rows, scaling_rows, ab_rows) if "effect" in r)) - {""}
     gate = _world_gate(runs, used)
     add(gate + "\n")
     add("\n".join(claims.claims(main_rows, scaling_rows, ab_rows)) + "\n")

@@ -557,3 +557,20 @@ def test_the_scaling_claims_compare_fm_and_ours_across_n_and_at_the_largest_n():
     assert "for comparison, ours" in ours and "0 of 3 columns significantly worse at N=3" in ours
     c2 = next(line for line in lines if "(c2)" in line)
     assert "(c2) (scaling study) FM all-in-1 is behind ours at N=3: holds" in c2  # the largest N, not main's 2
+
+
+def test_the_report_judges_the_gate_on_the_effects_its_cells_were_evaluated_on(tmp_path):
+    from bench.report import main
+
+    store = ResultStore(tmp_path)
+    smoke = PRESETS.get("smoke")()
+    for m in ("base", "ours"):
+        cfg = replace(smoke, method=m)
+        rows = _rows(cfg, QUALITY[m])
+        cost = rows.iloc[[0]].assign(effect="", metric="train_forward", role="cost", value=1.0)  # a cost row
+        _write(store, cfg, pd.concat([rows, cost], ignore_index=True), images=False)
+    gated = [{"effect": e, "tests": ["few-step gap"]} for e in EFFECTS]
+    (tmp_path / "world_gate.json").write_text(json.dumps({"preset": "smoke", "counts": {}, "effects": gated}))
+    assert main([str(tmp_path), "--cache", str(tmp_path / "nocache")]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "(smoke, 3 effects)" in text and "**passes**" in text and "not gated" not in text
