@@ -389,7 +389,9 @@ def build_report(runs: Path, out: Path, options: ReportOptions | None = None) ->
     scaling_rows = rows_of(sec["scaling"])
     ab_rows = rows_of(sec["ablation"])
     add("### The paper's claims in this world\n")
-    used = set().union(*(set(r["effect"]) for r in (main_rows, scaling_rows, ab_rows) if "effect" in r)) - {""}
+    # the effects the cells were evaluated on (cost rows name an artifact's training streams instead)
+    used = set().union(*(set(tables.quality(r)["effect"]) for r in (main_rows, scaling_rows, ab_rows)
+                         if "effect" in r)) - {""}
     gate = _world_gate(runs, used)
     add(gate + "\n")
     add("\n".join(claims.claims(main_rows, scaling_rows, ab_rows)) + "\n")

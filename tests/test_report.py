@@ -567,7 +567,8 @@ def test_the_report_judges_the_gate_on_the_effects_its_cells_were_evaluated_on(t
     for m in ("base", "ours"):
         cfg = replace(smoke, method=m)
         rows = _rows(cfg, QUALITY[m])
-        cost = rows.iloc[[0]].assign(effect="", metric="train_forward", role="cost", value=1.0)  # a cost row
+        cost = pd.concat([rows.iloc[[0]].assign(effect=e, metric=m, role=tables.COST_ROLE, value=1.0)  # cost rows:
+                          for e, m in (("", "train_forward"), ("general", "train_samples"))])  # a stream, no effect
         _write(store, cfg, pd.concat([rows, cost], ignore_index=True), images=False)
     gated = [{"effect": e, "tests": ["few-step gap"]} for e in EFFECTS]
     (tmp_path / "world_gate.json").write_text(json.dumps({"preset": "smoke", "counts": {}, "effects": gated}))
