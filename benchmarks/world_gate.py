@@ -272,11 +272,13 @@ def main() -> None:
 
 
 def save(out: Path, preset: str, gated: dict[str, dict]) -> dict[str, int]:
-    """Write every gated effect (verdicts by this version's rules) to ``out``; the counts over them."""
+    """Write every gated effect to ``out``; the counts over them. An entry's verdict is computed
+    once (its key holds ``GATE_VERSION``, so stored verdicts are this version's)."""
     everything = list(gated.values())
     for r in everything:
-        gap, cov = verdict(r)
-        r["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
+        if "tests" not in r:
+            gap, cov = verdict(r)
+            r["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]
     total = tally(everything)
     out.parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ before any run
     tmp = out.with_suffix(".tmp")
