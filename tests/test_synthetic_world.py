@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bench.synthetic.effects import Effect, build_effects, effects_by_name
+from bench.synthetic.effects import GATE_DROPPED, Effect, build_effects, effects_by_name
 from bench.synthetic.general import GENERAL_EDITS, GeneralEdit, sample_general_edit
 from bench.synthetic.images import CATEGORIES, make_source
 
@@ -46,6 +46,16 @@ def test_catalogue_size_and_family_spread(effects: list[Effect]) -> None:
     assert len({e.family for e in effects[:50]}) == len(families)
 
 
+def test_effects_the_gate_dropped_are_out_and_the_others_keep_their_rows(effects: list[Effect]) -> None:
+    """The gate's drops leave the catalogue; every other effect is the same as in the full order
+    (trigger, data type: what its training rows and its teacher's cache key follow from)."""
+    full = build_effects(0, dropped=True)
+    assert set(GATE_DROPPED) <= {e.name for e in full}
+    assert not GATE_DROPPED.keys() & {e.name for e in effects}
+    assert effects == [e for e in full if e.name not in GATE_DROPPED]
+    assert len(full) - len(effects) == len(GATE_DROPPED)
+
+
 def test_names_and_triggers_are_unique_made_up_tokens(effects: list[Effect]) -> None:
     names = [e.name for e in effects]
     triggers = [e.trigger for e in effects]
@@ -65,7 +75,7 @@ def test_prompts_descriptions_and_metadata(effects: list[Effect]) -> None:
     assert all(len(e.description) > 20 and "\n" not in e.description for e in effects)
     counts = Counter(e.data_type for e in effects)
     assert set(counts) == set(CATEGORIES)
-    assert max(counts.values()) - min(counts.values()) <= 1
+    assert max(counts.values()) - min(counts.values()) <= 1 + len(GATE_DROPPED)  # balanced before the drops
     assert effects_by_name(effects)[effects[5].name] is effects[5]
 
 

@@ -3,4 +3,4 @@ copies one in instead of building it): the pretrained base of each preset in ``P
 fresh machine starts with the teachers. ``python -m bench.assets`` rebuilds them."""
 
 PRESETS = ("synth",)  # the default preset; `smoke` pretrains in seconds and is not shipped
-KINDS = ("base",)     # teachers are per effect (198 of them): built where they are used
+KINDS = ("base",)     # teachers are per effect (195 of them): built where they are used
