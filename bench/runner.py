@@ -29,8 +29,11 @@ from bench.store import ResultStore, UnreadableRowsError, cell_id
 
 def quiet_expected_warnings() -> None:
     """Several adapters on one transformer is the design (student, critic, teacher bank), so
-    peft's warning about a second adapter tells a user nothing (pyproject.toml silences it in tests)."""
+    peft's warning about a second adapter tells a user nothing (pyproject.toml silences it in tests);
+    nor does its note that a teacher's training adapter, deleted once saved, was the active one."""
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Adapter lora_in_training was active which is now deleted",
+                            category=UserWarning)
 
 
 def add_cell_arguments(p: Any, *, method: str, preset: str, method_help: str, seed_help: str) -> None:
