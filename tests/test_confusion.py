@@ -3,7 +3,7 @@ applies the effect it was asked for (benchmarks/confusion.py), from exact effect
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,10 @@ from bench.synthetic.effects import build_effects, effects_by_name
 from bench.workspace import Workspace
 from methods import EditOutput
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from confusion import MIN_STRENGTH, confusion  # noqa: E402
+_spec = importlib.util.spec_from_file_location("confusion", Path(__file__).parents[1] / "benchmarks" / "confusion.py")
+bench_confusion = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_confusion)
+MIN_STRENGTH, confusion = bench_confusion.MIN_STRENGTH, bench_confusion.confusion
 
 
 class Scripted:
