@@ -63,6 +63,9 @@ from slurm.executors import SlurmConfig, check_kind, make_executor, slurm_config
 from slurm.status import cell_status, failed_cells, load_records, print_status, record_job_states
 
 SHARED_STAGES: tuple[str, ...] = ("base", "teachers", "lightning")
+# The local executor's second pool, longest job first: Lightning (1,024 CPU s on the default
+# preset) last left one core idle for its whole run after the teachers (86-108 CPU s each) were done.
+LOCAL_POOL: tuple[str, ...] = ("lightning", "teachers")
 
 # Shared artifacts each method's cell needs before it starts (methods not listed: teachers).
 SHARED_NEEDS: dict[str, frozenset[str]] = {
@@ -389,7 +392,7 @@ def submit(cells: list[Cell], out: str | Path, cache: str | Path | None = None, 
         return [(stage, t.args[0], str(cache_root), *t.args[1:]) for t in p.shared[stage].values()]
 
     if kind == "local":  # the base first; then teachers and Lightning, which need only the base, in one pool
-        for stages in (("base",), tuple(s for s in SHARED_STAGES if s != "base")):
+        for stages in (("base",), LOCAL_POOL):
             failed_shared += _run_local(sub, out, slurm, [(s, ArtifactJob(), shared_args(s),
                                                            list(p.shared[s].values())) for s in stages], parallel)
     else:
