@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from bench.cache import ArtifactCache
 from bench.errors import KNOWN_ERRORS, BenchError
@@ -39,39 +38,33 @@ from bench.evaluate import samples
 from bench.runner import add_cell_arguments, make_method, quiet_expected_warnings, resolve_config
 from bench.synthetic.effects import build_effects, effects_by_name
 from bench.workspace import Workspace
-from metrics.modes import BLUR_SIGMA
+from metrics import EvalBatch
+from metrics.modes import lowpass, mode_error
 from reports.stats import paired_difference
 
 MIN_STRENGTH = 0.05  # structure error of the source itself to an effect that counts as "another effect"
 
 
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    k = 2 * int(np.ceil(3 * BLUR_SIGMA)) + 1
-    return gaussian_blur(x, [k, k], [BLUR_SIGMA, BLUR_SIGMA])
+def exact_batch(effect, sources: np.ndarray, results: torch.Tensor, draws: int,  # noqa: ANN001
+                rng: np.random.Generator, mc: int) -> EvalBatch:
+    """``results`` (n x draws, 3, H, W) against ``effect``'s exact distribution on ``sources``
+    ((n, H, W, 3) numpy), as ``metrics.modes.mode_error`` reads it: every variant of a modes
+    effect; for a texture its mean over ``mc`` draws (the world's ``output_distribution`` draws
+    128 per source, too many for an N x N table; the 1 px blur of the structure error averages
+    what fewer draws leave)."""
+    def rep(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).movedim(-1, -3).repeat_interleave(draws, 0)
+
+    src = rep(sources)
+    if effect.variation is not None and effect.variation.kind == "modes":
+        return EvalBatch(results, src, [""] * len(results), variants=rep(np.stack([effect.mode_variants(x)
+                                                                                    for x in sources])))
+    means = np.stack([np.mean([effect.apply(x, effect.draw(rng)) for _ in range(mc)], 0) for x in sources])
+    return EvalBatch(results, src, [""] * len(results), mode_means=rep(means))
 
 
-def structure_error(effect, sources: np.ndarray, results: torch.Tensor, draws: int,  # noqa: ANN001
-                    rng: np.random.Generator, mc: int) -> np.ndarray:
-    """Per test source, the mean over its draws of ``gt_mode_mae``'s error of ``results`` to
-    ``effect`` applied to ``sources`` ((n, H, W, 3) numpy; results (n x draws, 3, H, W))."""
-    per_draw = []
-    for i, img in enumerate(sources):
-        r = results[i * draws:(i + 1) * draws].double()
-        if effect.variation is not None and effect.variation.kind == "modes":
-            v = torch.from_numpy(effect.mode_variants(img)).permute(0, 3, 1, 2).double()  # (K, 3, H, W)
-            err = (r[:, None] - v[None]).abs().flatten(2).mean(2).min(1).values
-        else:
-            mean = np.mean([effect.apply(img, effect.draw(rng)) for _ in range(mc)], 0)
-            m = torch.from_numpy(mean).permute(2, 0, 1)[None].double()
-            err = (_blur(r) - _blur(m)).abs().flatten(1).mean(1)
-        per_draw.append(float(err.mean()))
-    return np.asarray(per_draw)
-
-
-def source_error(sources: np.ndarray, results: torch.Tensor, draws: int) -> np.ndarray:
-    s = torch.from_numpy(sources).permute(0, 3, 1, 2).double().repeat_interleave(draws, 0)
-    err = (_blur(results.double()) - _blur(s)).abs().flatten(1).mean(1)
-    return err.reshape(-1, draws).mean(1).numpy()
+def per_source(errors: torch.Tensor, draws: int) -> np.ndarray:
+    return errors.reshape(-1, draws).mean(1).numpy()
 
 
 def confusion(ws: Workspace, method, mc: int) -> tuple[pd.DataFrame, pd.DataFrame]:  # noqa: ANN001
@@ -88,17 +81,19 @@ def confusion(ws: Workspace, method, mc: int) -> tuple[pd.DataFrame, pd.DataFram
         results, _, _ = samples(method, ws, b, tests, cfg.eval.draws)
         src = ws.images([t.source_image for t in tests], [t.origin for t in tests]).permute(0, 2, 3, 1).numpy()
         rng = np.random.default_rng([cfg.seed, 0xC0F])
-        errs = {a: structure_error(exact[a], src, results, cfg.eval.draws, rng, mc) for a in names}
+        batches = {a: exact_batch(exact[a], src, results, cfg.eval.draws, rng, mc) for a in names}
+        errs = {a: per_source(mode_error(bt)[0], cfg.eval.draws) for a, bt in batches.items()}
         matrix[b.lora_name] = {a: float(e.mean()) for a, e in errs.items()}
         own = errs[b.lora_name]
         # another effect counts only where its structure is far from the source's: nearness to
         # an effect that barely changes the image (fine pixelation, a mirror of a symmetric
         # source) says "not edited", which the source column tells
-        as_source = torch.from_numpy(src).permute(0, 3, 1, 2).repeat_interleave(cfg.eval.draws, 0)
-        strength = {a: structure_error(exact[a], src, as_source, cfg.eval.draws, rng, mc).mean() for a in names}
-        strong = [a for a in names if a != b.lora_name and strength[a] >= MIN_STRENGTH] or names
-        other = min(strong, key=lambda a: errs[a].mean())
-        unchanged = source_error(src, results, cfg.eval.draws)
+        strength = {a: per_source(mode_error(bt, bt.sources)[0], cfg.eval.draws).mean() for a, bt in batches.items()}
+        others = [a for a in names if a != b.lora_name]
+        other = min([a for a in others if strength[a] >= MIN_STRENGTH] or others, key=lambda a: errs[a].mean())
+        s_src = batches[b.lora_name].sources
+        unchanged = per_source((lowpass(results.double()) - lowpass(s_src.double())).abs().flatten(1).mean(1),
+                               cfg.eval.draws)
         vs_other = paired_difference(pd.Series(own), pd.Series(errs[other]))
         vs_source = paired_difference(pd.Series(own), pd.Series(unchanged))
         verdict = (f"confused with {other}" if vs_other.lo > 0 else
