@@ -153,7 +153,7 @@ def main_methods() -> list[str]:
 def main(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """Table 1: every method on the 50-in-1 effects (merge baselines included when registered)."""
     n = main_effects(base, main_n)
-    return [_cell(base, m, n=n) for m in main_methods()]
+    return [_curve_snapshots(_cell(base, m, n=n), base) for m in main_methods()]
 
 
 @GRIDS.register("main_matched")
@@ -183,7 +183,7 @@ def scaling(base: RunConfig, *, scaling_effects: tuple[int, ...] | None = None) 
 def ablation(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """The paper's five ablation rows over PDSR / AOP / TS / TA-FM (50-in-1)."""
     n = main_effects(base, main_n)
-    return [_cell(base, "ours", n=n, off=off) for off in ABLATION_ROWS]
+    return [_curve_snapshots(_cell(base, "ours", n=n, off=off), base) for off in ABLATION_ROWS]
 
 
 def curve_steps(total: int, points: int) -> list[int]:
@@ -194,13 +194,26 @@ def curve_steps(total: int, points: int) -> list[int]:
     return sorted({every * i for i in range(1, points)} | {total})
 
 
+def curve_spacing(base: RunConfig) -> int:
+    """Distillation steps between two points of a training curve (the snapshot spacing)."""
+    return base.distill.steps // max(1, min(sizes(base).curve_points, base.distill.steps))
+
+
+def _curve_snapshots(cell: RunConfig, base: RunConfig) -> RunConfig:
+    """An ``ours`` cell of the 50-in-1 experiments that publishes the training curve's points as
+    it trains, so main's or ablation's run is also the curve's and ``--grid curves`` run after it
+    only evaluates (snapshot_every is bookkeeping: the cell id and the artifact are unchanged)."""
+    if cell.method != "ours" or cell.distill.budget_passes is not None or cell.distill.snapshot_every:
+        return cell
+    return replace(cell, distill=replace(cell.distill, snapshot_every=curve_spacing(base)))
+
+
 @GRIDS.register("curves")
 def curves(base: RunConfig, *, main_n: int | None = None) -> list[RunConfig]:
     """Training curves: ours and its ablations evaluated every K distillation steps (one cell per point)."""
     n = main_effects(base, main_n)
-    points = sizes(base).curve_points
-    steps = curve_steps(base.distill.steps, points)
-    every = base.distill.steps // max(1, min(points, base.distill.steps))
+    steps = curve_steps(base.distill.steps, sizes(base).curve_points)
+    every = curve_spacing(base)
     # Longest first: the full run publishes the shorter ones as snapshots (snapshot_every is
     # not part of the artifact key, so the full runs are also `ablation`'s LoRAs).
     return [replace(_cell(base, "ours", n=n, off=off),

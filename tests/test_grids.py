@@ -90,6 +90,20 @@ def test_curves_are_prefixes_ending_at_the_ablation_cells(synth):
         assert cell_id(replace(c, distill=replace(c.distill, steps=synth.distill.steps))) in ablation
 
 
+def test_main_and_ablation_runs_publish_the_curve_points(synth):
+    # whichever grid trains ours first (main, ablation or curves), the curve's shorter points are
+    # its snapshots: `--grid curves` after `--grid ablation` only evaluates
+    spacing = synth.distill.steps // 6
+    for name in ("main", "ablation"):
+        cells = GRIDS.get(name)(synth)
+        assert {c.distill.snapshot_every for c in cells if c.method == "ours"} == {spacing}
+        assert {c.distill.snapshot_every for c in cells if c.method != "ours"} <= {0}
+    scaling = GRIDS.get("scaling")(synth, scaling_effects=(10, 20))
+    assert {c.distill.snapshot_every for c in scaling} == {0}  # no curve at those N
+    budgeted = replace(synth, distill=replace(synth.distill, budget_passes=1000))
+    assert {c.distill.snapshot_every for c in GRIDS.get("ablation")(budgeted)} == {0}  # no fixed steps
+
+
 def test_paper_is_the_union_each_cell_once(synth):
     paper = GRIDS.get("paper")(synth)
     ids = [cell_id(c) for c in paper]
