@@ -13,9 +13,10 @@ NaN would feed every run that reuses it.
 Small files are written with :func:`atomic_write`, the one tmp-then-rename writer of the tree.
 
 Some artifacts ship with the package (``bench/assets/<kind>/<key>/``: the default preset's
-pretrained base). A missing artifact whose key is shipped is copied in instead of built, so a
-fresh machine skips minutes of pretraining; ``python -m bench.assets`` rebuilds them with the
-project's own code (``--check``: rebuild and compare, byte by byte).
+pretrained base and its default effects' teachers). A missing artifact whose key is shipped is
+copied in instead of built, so a fresh machine skips minutes of pretraining and training;
+``python -m bench.assets`` rebuilds them with the project's own code (``--check``: rebuild and
+compare, byte by byte).
 """
 
 from __future__ import annotations

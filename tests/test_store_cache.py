@@ -193,6 +193,34 @@ def test_the_shipped_base_is_the_default_presets():
     assert {p.name for p in (SHIPPED / "base").iterdir()} == keys  # no stale bases in the package
 
 
+@pytest.mark.e2e  # builds the default preset's world (about 35 s) to know its teachers' keys
+def test_the_default_presets_teachers_are_shipped(tmp_path):
+    """Every artifact ``bench.assets`` ships for the default preset -- its base and the teachers of
+    its default effects -- is in the package under the key the preset gives and records the same
+    inputs, and the package holds nothing else, so the README's first command copies them in and
+    trains nothing. When this fails, rebuild with ``python -m bench.assets`` and commit bench/assets/."""
+    import json
+
+    from bench.assets import KINDS, PRESETS, shipped_specs
+    from bench.cache import SHIPPED
+    from bench.config import PRESETS as CONFIGS
+    from bench.workspace import Workspace
+
+    keys = {kind: set() for kind in KINDS}
+    for preset in PRESETS:
+        ws = Workspace(CONFIGS.get(preset)(), ArtifactCache(tmp_path / "cache", shipped=None, verbose=False))
+        specs = shipped_specs(ws)
+        assert [s.kind for s in specs].count("teachers") == ws.cfg.n_effects
+        for spec in specs:
+            shipped = SHIPPED / spec.kind / spec.key
+            assert (shipped / "DONE").exists(), f"{preset}: no shipped {spec.describe()}; run python -m bench.assets"
+            record = json.loads(json.dumps(spec.record(), default=str))
+            assert json.loads((shipped / "config.json").read_text()) == record
+            keys[spec.kind].add(spec.key)
+    for kind in KINDS:
+        assert {p.name for p in (SHIPPED / kind).iterdir()} == keys[kind]  # nothing stale in the package
+
+
 def test_the_assets_check_names_the_files_a_rebuild_changed(tmp_path):
     """``python -m bench.assets --check`` compares a rebuild with the shipped files byte by byte;
     the cost record (its seconds differ from run to run) is not compared."""

@@ -1,10 +1,13 @@
-"""``python -m bench.assets [--check]``: rebuild the shipped artifacts with the project's own code.
+"""``python -m bench.assets [--check] [--cache DIR]``: rebuild the shipped artifacts with the project's own code.
 
-Each preset's base is pretrained from scratch in a temporary cache that ignores the shipped copy
-(about 6 minutes quiet on one core for ``synth``), then replaces what ``bench/assets/base/``
-holds (older keys are removed: a changed world or preset gives a new key). ``--check`` rebuilds
-and compares instead, file by file, and changes nothing: pretraining is deterministic on one
-machine, so a difference means the code no longer produces what was shipped.
+For each preset, its base is pretrained from scratch (about 6 minutes quiet on one core for
+``synth``) and the teachers of its default effects are trained on it (about 90 CPU s each) in a
+temporary cache that ignores the shipped copies; they then replace what ``bench/assets/<kind>/``
+holds (keys no longer shipped are removed: a changed world or preset gives new keys). ``--cache
+DIR`` takes the artifacts a cache already holds under the same keys instead of rebuilding them
+(after ``docs/reference/make.sh``, say; a key names everything its artifact is built from).
+``--check`` rebuilds and compares instead, file by file, and changes nothing: training is
+deterministic on one machine, so a difference means the code no longer produces what was shipped.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.assets import PRESETS
+from bench.assets import KINDS, PRESETS, build, shipped_specs
 from bench.cache import DONE, SHIPPED, ArtifactCache
 from bench.config import PRESETS as CONFIGS
 from bench.workspace import Workspace
@@ -34,30 +37,38 @@ def _differences(a: Path, b: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.assets", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="rebuild and compare with the shipped files")
+    parser.add_argument("--cache", type=Path, help="take finished artifacts from this cache instead of rebuilding")
     args = parser.parse_args(argv)
-    failed = False
-    for preset in PRESETS:
-        with tempfile.TemporaryDirectory(prefix="bench-assets-") as tmp:
-            ws = Workspace(CONFIGS.get(preset)(), ArtifactCache(tmp, shipped=None))
-            built, spec = ws.base_dir, ws.base_spec
-            shipped = SHIPPED / spec.kind / spec.key
-            if args.check:
-                if not (shipped / DONE).exists():
-                    print(f"error: {preset}: no shipped {spec.kind}/{spec.key}; run python -m bench.assets")
-                    failed = True
+    if args.check and args.cache:
+        parser.error("--check rebuilds from scratch; it takes no --cache")
+    failed, keep = False, {kind: set() for kind in KINDS}
+    with tempfile.TemporaryDirectory(prefix="bench-assets-") as tmp:
+        for preset in PRESETS:
+            ws = Workspace(CONFIGS.get(preset)(), ArtifactCache(args.cache or tmp, shipped=None))
+            for spec in shipped_specs(ws):
+                build(ws, spec)
+                built, shipped = ws.cache.path(spec), SHIPPED / spec.kind / spec.key
+                keep[spec.kind].add(spec.key)
+                if args.check:
+                    if not (shipped / DONE).exists():
+                        print(f"error: {preset}: no shipped {spec.kind}/{spec.key}; run python -m bench.assets")
+                        failed = True
+                        continue
+                    diff = _differences(built, shipped)
+                    print(f"{preset}: {spec.kind}/{spec.key} " + ("matches the rebuild" if not diff else
+                                                                   f"differs from the rebuild in {', '.join(diff)}"))
+                    failed |= bool(diff)
                     continue
-                diff = _differences(built, shipped)
-                print(f"{preset}: {spec.kind}/{spec.key} " + ("matches the rebuild" if not diff else
-                                                               f"differs from the rebuild in {', '.join(diff)}"))
-                failed |= bool(diff)
-                continue
-            for old in (SHIPPED / spec.kind).glob("*"):
-                if old.name != spec.key:
+                shutil.rmtree(shipped, ignore_errors=True)
+                shutil.copytree(built, shipped)
+                size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
+                print(f"{preset}: shipped {spec.kind}/{spec.key} ({size / 1e6:.1f} MB) in {shipped}")
+    if not args.check:
+        for kind, keys in keep.items():
+            for old in (SHIPPED / kind).glob("*") if (SHIPPED / kind).is_dir() else ():
+                if old.name not in keys:
                     shutil.rmtree(old)
-            shutil.rmtree(shipped, ignore_errors=True)
-            shutil.copytree(built, shipped)
-            size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
-            print(f"{preset}: shipped {spec.kind}/{spec.key} ({size / 1e6:.1f} MB) in {shipped}")
+                    print(f"removed {kind}/{old.name}: no preset ships it any more")
     return 1 if failed else 0
 
 
