@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/reference/: the default preset's reference results on a CPU machine (world
-# version 5). From an empty cache about 3 h 30 on two cores (measured in sessions 11 and 12:
-# the 50 teachers, the Base evaluation at 80 NFE and the five 50-in-1 distillations are most of
-# it). Everything is cached, so a rerun only does what is missing.
+# version 5). From an empty cache about 3 h on two cores (measured in sessions 11-13: the 40
+# teachers not shipped with the package, the Base evaluation at 80 NFE, the gate and the seven
+# 1000-step distillations are most of it). Everything is cached, so a rerun only does what is missing.
 # RUNS (default runs/reference) keeps the cells; the report, its figures and each cell's config
 # and tidy rows are copied here (the images are not: the report's figures hold them).
 #
