@@ -105,7 +105,7 @@ def samples(method: Method, ws: Workspace, effect, tests, draws: int) -> tuple[t
 def _sample(method: Method, ws: Workspace, effect, tests, draws: int) -> tuple[torch.Tensor, int, str]:  # noqa: ANN001
     cfg = ws.cfg
     sources = ws.images([t.source_image for t in tests], [t.origin for t in tests]).repeat_interleave(draws, 0)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
+    gen = sample_generator(cfg, effect)
     results, nfes, sampler = [], [], ""
     for start in range(0, len(sources), cfg.eval.batch_size):
         out = method.edit(effect, sources[start:start + cfg.eval.batch_size], gen)
@@ -113,6 +113,13 @@ def _sample(method: Method, ws: Workspace, effect, tests, draws: int) -> tuple[t
         nfes.append(out.nfe)
         sampler = out.sampler or ""
     return torch.cat(results), max(nfes), sampler
+
+
+def sample_generator(cfg, effect) -> torch.Generator:  # noqa: ANN001 -- a RunConfig, an EffectSpec
+    """The noise of an effect's evaluation samples, drawn batch by batch (``eval.batch_size``):
+    the effect's own seed, so no sample depends on which effects ran before, and every method
+    and the gate's NFE columns start an effect's draws from the same noise."""
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + zlib.crc32(effect.lora_name.encode()))
 
 
 def row_identity(method, cfg, run: str) -> dict:  # noqa: ANN001 -- a Method, a RunConfig

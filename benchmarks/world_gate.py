@@ -3,6 +3,8 @@
 Run it before any method grid. Per effect it trains (or takes from the cache) the teacher LoRA,
 samples every held-out test source ``eval.draws`` times at 1, 8, 40 and 80 NFE (40 steps x
 CFG 4, the Base setting), and prints with 95 % intervals (cluster bootstrap over test sources):
+the 80-NFE samples are Base's evaluation samples (``bench.evaluate.samples``, cached), so the
+gate and the grids' Base rows share one sampling, whichever runs first.
 
 * the teacher's fidelity: ``gt_mode_mae`` for modes effects, ``texture_energy`` for textures
   (1 is an exact draw's energy; the few-step average is below 1);
@@ -47,10 +49,10 @@ import torch
 from bench.cache import ArtifactCache
 from bench.config import PRESETS, apply_overrides, config_hash
 from bench.errors import KNOWN_ERRORS, BenchError
-from bench.evaluate import effect_batch
+from bench.evaluate import effect_batch, sample_generator, samples
 from bench.runner import quiet_expected_warnings
 from bench.workspace import Workspace
-from methods.adapters import AdapterBank
+from methods.base import Base
 from methods.distill import edit_with
 from methods.teachers import teacher_identity
 from metrics import METRICS
@@ -59,12 +61,14 @@ from reports.stats import bootstrap_ci, log_distance, paired_difference, signifi
 from reports.tables import fidelity_metric
 
 COVERAGE_BAR = 0.8
-GATE_VERSION = 1          # bump when gate_effect measures differently: stored figures are then stale
+GATE_VERSION = 2          # bump when gate_effect measures differently: stored figures are then stale
+                          # (2: the 80-NFE column is Base's evaluation samples, every column their noise)
 SERIES = ("source_mae", "mean_mae", "draw_mae")  # per-source baselines stored beside the NFE columns
 
 
 def settings(cfg) -> list[tuple[int, float]]:
-    """(steps, CFG) per NFE column: 1, fast (8), base steps without CFG (40), Base (40 x CFG 4)."""
+    """(steps, CFG) per NFE column: 1, fast (8), base steps without CFG (40), Base (40 x CFG 4).
+    The last is ``methods.base.Base``'s setting: ``gate_effect`` takes that column's samples from it."""
     s = cfg.sampling
     return [(1, 1.0), (s.fast_steps, 1.0), (s.base_steps, 1.0), (s.base_steps, s.base_cfg)]
 
@@ -76,13 +80,15 @@ def per_source(scores: list[float], draws: int) -> pd.Series:
         return pd.Series(np.nanmean(x, 1) if np.isfinite(x).any() else np.full(len(x), np.nan))
 
 
-def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
+def gate_effect(ws: Workspace, base: Base, effect) -> dict:
+    """The effect's figures at each NFE of ``settings``; ``base`` is a prepared ``Base`` method,
+    whose backbone and teacher bank sample every column and whose evaluation samples are the last."""
     cfg = ws.cfg
     draws = cfg.eval.draws
     tests = ws.bench.test_rows(effect.lora_name)[: cfg.eval.limit]
     kind = effect.variation_kind
-    bank.add_teacher(effect.lora_name, ws.teacher_dir(effect, bb))
-    sources = ws.images([t.source_image for t in tests]).repeat_interleave(draws, 0)
+    bb, bank, teacher = base.backbone, base.bank, base.teacher(effect)
+    sources = ws.images([t.source_image for t in tests], [t.origin for t in tests]).repeat_interleave(draws, 0)
     out: dict = {"effect": effect.lora_name, "family": effect.family, "kind": kind, "n_sources": len(tests),
                  "draws": draws, "nfe": {}}
     fidelity = METRICS.get(fidelity_metric(kind))()
@@ -93,15 +99,22 @@ def gate_effect(ws: Workspace, bank: AdapterBank, bb, effect) -> dict:
         out["mean_mae"] = per_source(ModeMAE().score(effect_batch(ws, effect, tests, plain.mode_means.float(), 1)), 1)
     if kind == "texture" and plain.targets is not None:  # an exact draw: its grain leaks through the low-pass
         out["draw_mae"] = per_source(ModeMAE().score(effect_batch(ws, effect, tests, plain.targets.float(), 1)), 1)
-    for steps, scale in settings(cfg):
-        gen = torch.Generator().manual_seed(cfg.seed)
-        images, nfe = edit_with(bb, bank, (effect.lora_name,), sources, effect.prompt, steps=steps,
-                                shift=cfg.sampling.shift, cfg_scale=scale, generator=gen, sampler="euler")
-        batch = effect_batch(ws, effect, tests, images, draws)
-        col = {name: per_source(m.score(batch), draws) for name, m in
-               (("fidelity", fidelity), ("gt_mode_mae", ModeMAE()), ("mode_blur", ModeBlur()),
-                ("mode_coverage", ModeCoverage()), ("diversity_ratio", DiversityRatio()))}
-        out["nfe"][nfe] = col
+
+    def scores(batch) -> dict[str, pd.Series]:  # noqa: ANN001 -- an EvalBatch
+        return {name: per_source(m.score(batch), draws) for name, m in
+                (("fidelity", fidelity), ("gt_mode_mae", ModeMAE()), ("mode_blur", ModeBlur()),
+                 ("mode_coverage", ModeCoverage()), ("diversity_ratio", DiversityRatio()))}
+
+    for steps, scale in settings(cfg)[:-1]:  # from the noise of Base's samples: paired columns
+        gen, chunks = sample_generator(cfg, effect), []
+        for start in range(0, len(sources), cfg.eval.batch_size):
+            images, nfe = edit_with(bb, bank, (teacher,), sources[start:start + cfg.eval.batch_size], effect.prompt,
+                                    steps=steps, shift=cfg.sampling.shift, cfg_scale=scale, generator=gen,
+                                    sampler="euler")
+            chunks.append(images)
+        out["nfe"][nfe] = scores(effect_batch(ws, effect, tests, torch.cat(chunks), draws))
+    images, nfe, _ = samples(base, ws, effect, tests, draws)  # the last setting, Base's: its evaluation's samples
+    out["nfe"][nfe] = scores(effect_batch(ws, effect, tests, images, draws))
     return out
 
 
@@ -224,13 +237,14 @@ def main() -> None:
         ws = Workspace(replace(cfg, n_effects=len(ws.full_bench.effects)), ws.cache)
     t0 = time.perf_counter()
     gated = load_gated(Path(args.json), cfg.preset) if args.json else {}
-    bb = ws.load_backbone()
-    bank = AdapterBank(bb.transformer)
+    effects = chosen(ws, args.only, args.every)
+    teachers = Base(ws)  # the teachers at the Base setting; its samples are the gate's last column
+    teachers.prepare(list(effects))  # every teacher checked (and trained if missing) before the first is gated
     results, lines = [], []
     reused = 0
-    for effect in chosen(ws, args.only, args.every):
+    for effect in effects:
         res, was_stored = gate_or_read(effect, gated, key=lambda e: gate_key(ws, e),
-                                       measure=lambda e: gate_effect(ws, bank, bb, e))
+                                       measure=lambda e: gate_effect(ws, teachers, e))
         reused += was_stored
         gap, cov = verdict(res)
         res["tests"] = [t for t, on in (("few-step gap", gap), ("coverage", cov)) if on] or ["neither"]

@@ -88,3 +88,32 @@ def test_a_gate_file_of_another_preset_or_not_a_gate_file_is_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(BenchError, match="not a world-gate file"):
         gate.load_gated(path, "synth")
+
+
+@pytest.mark.e2e  # the smoke world, base and three teachers (about a minute on a busy core)
+def test_the_gate_and_the_base_rows_share_one_sampling_at_80_nfe(tmp_path, capsys):
+    """The gate's Base column (40 x CFG 4; 10 x CFG at smoke size) is Base's evaluation samples:
+    a Base run after the gate samples nothing, and its per-source error is the gate's figure."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.run import main
+
+    cache, out, path = tmp_path / "cache", tmp_path / "runs", tmp_path / "gate.json"
+    root = Path(__file__).parents[1]  # this checkout's bench, whichever one the venv was installed from
+    done = subprocess.run([sys.executable, str(Path(gate.__file__)), "--preset", "smoke", "--cache", str(cache),
+                           "--json", str(path)], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "building base samples of" in done.stdout
+    entries = {e["effect"]: e for e in json.loads(path.read_text())["effects"]}
+    assert len(entries) == 3 and all(sorted(e["nfe"], key=int)[-1] == "20" for e in entries.values())
+
+    assert main(["--method", "base", "--preset", "smoke", "--out", str(out), "--cache", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert "building base samples" not in printed and "cached   base samples of" in printed
+    rows = pd.read_parquet(next(out.glob("cells/*/rows.parquet")))
+    mae = rows[rows.metric == "gt_mode_mae"].groupby(["effect", "sample"])["value"].mean()
+    for name, entry in entries.items():
+        np.testing.assert_allclose(mae[name].to_numpy(), entry["nfe"]["20"]["gt_mode_mae"], rtol=1e-6)
