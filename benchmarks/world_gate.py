@@ -26,12 +26,13 @@ are spread. Then:
     python benchmarks/world_gate.py [--preset synth] [--effects N | --only A,B | --every K]
                                     [--json gate.json] [key=value ...]
 
-``--json FILE`` accumulates: the file keeps every effect gated into it, an effect already there
-with the same gate key (its teacher's cache key, the sampling and evaluation settings, the seed,
-``GATE_VERSION``) is read back instead of sampled again, and a stale one is measured again and
-replaced. The file is rewritten after each effect, so a crash loses at most the effect in hand.
-So gating 20 effects after 10 samples only the new ten, and one file can hold a catalogue gated
-in pieces (``--only``); the counts it stores are over everything it holds.
+``--json FILE`` accumulates: the file keeps every effect of the catalogue gated into it (one the
+catalogue no longer has is dropped from it), an effect already there with the same gate key
+(its teacher's cache key, the sampling and evaluation settings, the seed, ``GATE_VERSION``) is
+read back instead of sampled again, and a stale one is measured again and replaced. The file
+is rewritten after each effect, so a crash loses at most the effect in hand. So gating 20
+effects after 10 samples only the new ten, and one file can hold a catalogue gated in pieces
+(``--only``); the counts it stores are over everything it holds.
 """
 
 from __future__ import annotations
@@ -237,6 +238,12 @@ def main() -> None:
         ws = Workspace(replace(cfg, n_effects=len(ws.full_bench.effects)), ws.cache)
     t0 = time.perf_counter()
     gated = load_gated(Path(args.json), cfg.preset) if args.json else {}
+    catalogue = {e.lora_name for e in ws.full_bench.effects}
+    gone = sorted(set(gated) - catalogue)  # e.g. the effects a world version dropped (GATE_DROPPED)
+    for name in gone:
+        del gated[name]
+    if gone:
+        print(f"dropped from {args.json}: {', '.join(gone)} (no longer in the catalogue)", flush=True)
     effects = chosen(ws, args.only, args.every)
     teachers = Base(ws)  # the teachers at the Base setting; its samples are the gate's last column
     teachers.prepare(list(effects))  # every teacher checked (and trained if missing) before the first is gated

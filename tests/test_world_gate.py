@@ -93,7 +93,8 @@ def test_a_gate_file_of_another_preset_or_not_a_gate_file_is_refused(tmp_path):
 @pytest.mark.e2e  # the smoke world, base and three teachers (about a minute on a busy core)
 def test_the_gate_and_the_base_rows_share_one_sampling_at_80_nfe(tmp_path, capsys):
     """The gate's Base column (40 x CFG 4; 10 x CFG at smoke size) is Base's evaluation samples:
-    a Base run after the gate samples nothing, and its per-source error is the gate's figure."""
+    a Base run after the gate samples nothing, and its per-source error is the gate's figure. An
+    effect the catalogue no longer has leaves the gate file."""
     import os
     import subprocess
     import sys
@@ -102,11 +103,14 @@ def test_the_gate_and_the_base_rows_share_one_sampling_at_80_nfe(tmp_path, capsy
 
     cache, out, path = tmp_path / "cache", tmp_path / "runs", tmp_path / "gate.json"
     root = Path(__file__).parents[1]  # this checkout's bench, whichever one the venv was installed from
+    gone = {"effect": "dropped_by_a_world_version_00", "key": "k", "nfe": {}, "tests": ["neither"]}
+    path.write_text(json.dumps({"preset": "smoke", "counts": {}, "effects": [gone]}))
     done = subprocess.run([sys.executable, str(Path(gate.__file__)), "--preset", "smoke", "--cache", str(cache),
                            "--json", str(path)], capture_output=True, text=True, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "building base samples of" in done.stdout
+    assert "dropped from" in done.stdout and "dropped_by_a_world_version_00" in done.stdout
     entries = {e["effect"]: e for e in json.loads(path.read_text())["effects"]}
     assert len(entries) == 3 and all(sorted(e["nfe"], key=int)[-1] == "20" for e in entries.values())
 
