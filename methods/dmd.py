@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import set_peft_model_state_dict
 
 from bench import cost
 from bench.cache import atomic_write
@@ -52,7 +52,7 @@ from methods.backbones import Backbone, TextCondition
 from methods.distributed import DistEnv, average_gradients, broadcast_parameters, shard
 from methods.flow import add_noise, check_sampler, predict_x0, sampler_step, shift_sigmas, sigma_schedule, true_cfg
 from methods.fm import NonFiniteLossError, budget_spent, step_limit
-from methods.lora import lora_config, save_lora
+from methods.lora import adapter_state, lora_config, save_lora
 from methods.streams import DistillBatch, StreamSampler
 
 STUDENT, CRITIC = "student", "critic"
@@ -142,7 +142,7 @@ class DMDTrainer:
         if init_student is not None:  # incremental extension: start from a trained CollectionLoRA
             from methods.lora import load_lora
             load_lora(backbone.transformer, init_student, "_init")
-            init = get_peft_model_state_dict(backbone.transformer, adapter_name="_init")
+            init = adapter_state(backbone.transformer, "_init")
             set_peft_model_state_dict(backbone.transformer, init, adapter_name=STUDENT)
             backbone.transformer.delete_adapters(["_init"])
             bank._mark_trainable()
@@ -354,8 +354,8 @@ class DMDTrainer:
         t = self.bb.transformer
         state = {
             "step": self.step,
-            "student": get_peft_model_state_dict(t, adapter_name=STUDENT),
-            "critic": get_peft_model_state_dict(t, adapter_name=CRITIC),
+            "student": adapter_state(t, STUDENT),
+            "critic": adapter_state(t, CRITIC),
             "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
             "rng": self.gen.get_state(), "streams": asdict(self.streams.state),
             "history": self.history, "config": asdict(self.cfg), "sampler": self.sampler,

@@ -82,10 +82,18 @@ def adapter_config(transformer: torch.nn.Module, name: str) -> dict[str, Any]:
     return config
 
 
+def adapter_state(transformer: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s weights (peft's keys). ``save_embedding_layers=False``: no adapter here
+    targets an embedding, and peft's default ("auto") asks the Hugging Face Hub for the base's
+    config.json on every call -- a network request per saved LoRA and checkpoint, a warning offline,
+    and a hang where a firewall drops the packets."""
+    return get_peft_model_state_dict(transformer, adapter_name=name, save_embedding_layers=False)
+
+
 def save_lora(transformer: torch.nn.Module, name: str, directory: str | Path) -> Path:
     """Write adapter ``name`` in the diffusers layout (returned) and the peft layout, one directory."""
     directory = Path(directory)
-    state = get_peft_model_state_dict(transformer, adapter_name=name)
+    state = adapter_state(transformer, name)
     config = adapter_config(transformer, name)
     QwenImagePipeline.save_lora_weights(directory, transformer_lora_layers=state,
                                         transformer_lora_adapter_metadata=dict(config),

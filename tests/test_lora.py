@@ -89,6 +89,24 @@ def test_peft_layout_loads_in_peft_model_with_the_same_outputs(tiny_backbone, tm
     assert meta["transformer.base_model_name_or_path"] == "tiny-qwen-base-abc123"
 
 
+def test_saving_a_lora_asks_no_server(tiny_backbone, tmp_path, monkeypatch):
+    """peft's default looks the base up on the Hugging Face Hub on every save (a warning offline,
+    a hang behind a firewall that drops packets); a LoRA here is written without a network call."""
+    import peft.utils.save_and_load
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"asked the Hub for {args}")
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_network)
+    from methods.lora import name_base
+
+    name_base(tiny_backbone.transformer, "tiny-qwen-base-abc123")  # a name the Hub would be asked about
+    _random_lora(tiny_backbone)
+    save_lora(tiny_backbone.transformer, "effect", tmp_path / "a")
+    load_lora(tiny_backbone.transformer, tmp_path / "a", "loaded")  # its config names the base
+    assert save_lora(tiny_backbone.transformer, "loaded", tmp_path / "b").exists()
+
+
 def test_unnamed_base_is_recorded_by_its_config_hash(tiny_backbone, tmp_path):
     _random_lora(tiny_backbone)
     save_lora(tiny_backbone.transformer, "effect", tmp_path)
