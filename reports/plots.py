@@ -32,7 +32,8 @@ ABLATION_NAMES = {"aop,pdsr,tafm,ts": "(1) vanilla DMD", "aop,tafm,ts": "(2) +PD
                   "ts": "(4) +TA-FM", "none": "(5) +TS (full)"}
 
 
-DEPLOY_COLORS = {"base": "tab:blue", "baseline": "tab:orange", "ours": "tab:green"}  # same in every panel
+DEPLOY_COLORS = {"base": "tab:blue", "baseline": "tab:orange", "ours": "tab:green",
+                 "ours_hotswap": "tab:olive"}  # same in every panel
 LINE_MARKERS = ("o", "s", "^", "D", "v", "P")
 LINE_STYLES = ("-", "--", "-.", ":", "-", "--")
 
@@ -189,7 +190,7 @@ def deployment_curves(rows: pd.DataFrame, path: Path, router: str = "embedding")
     for ax, (metric, r, title, scale) in zip(axes[0], panels):
         sub = ok[(ok.metric == metric) & (ok.router == r)]
         means = sub.groupby(["method", "n_effects"])["value"].agg(deployment_agg(metric)).reset_index()
-        for m in ("base", "baseline", "ours"):
+        for m in DEPLOY_COLORS:
             s = means[means.method == m].sort_values("n_effects")
             if len(s):
                 ax.plot(s.n_effects, s.value * scale, marker="o", color=DEPLOY_COLORS[m],

@@ -184,8 +184,10 @@ def test_switch_and_end_to_end_latency_measured_and_base_weights_restored(tiny, 
         values.setdefault((r["method"], r["metric"]), []).append(r["value"])
     for key in [("baseline", "switch_load_unload_s"), ("baseline", "switch_hotswap_s"), ("ours", "fuse_once_s"),
                 ("ours", "switch_fused_s"), ("base", "e2e_latency_s"), ("baseline", "e2e_latency_s"),
-                ("ours", "e2e_latency_s"), ("ours", "peak_memory_bytes")]:
+                ("ours", "e2e_latency_s"), ("ours", "peak_memory_bytes"),
+                ("ours_hotswap", "e2e_latency_s"), ("ours_hotswap", "peak_memory_bytes")]:
         assert values[key] and all(v > 0 for v in values[key]), key
+    assert all(v > 0 for v in values.get(("ours_hotswap", "switch_hotswap_s"), []))
     assert not getattr(t, "peft_config", None)
     after = base_weights()
     assert before.keys() == after.keys()

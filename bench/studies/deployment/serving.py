@@ -120,6 +120,13 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
     rows.add("baseline", "peak_memory_bytes", mem, higher=False, note=pm.kind)
     t.delete_adapters(["slot", "lightning"])
 
+    # (2b) Past capacity: the CollectionLoRAs hotswapped into one slot, unfused (each call pays the
+    #      LoRA layers; a switch is a hotswap, not unfuse + fuse). One collection is always fused.
+    if n_collections > 1:
+        measure_hotswapped_collections(rows, t, device, order, ours=ours, capacity=capacity, router=router,
+                                       request_text=request_text, gen_image=gen_image, effects=effects,
+                                       steps=s.fast_steps, sampler=s.dmd_sampler)
+
     # (3) Ours: a CollectionLoRA fused into the weights (no LoRA layers left), fast steps, no CFG.
     t_fuse, _ = timed(lambda: fuse_collection(t, ours[0]), device)
     rows.add("ours", "fuse_once_s", t_fuse, higher=False, note="load + fuse_lora + unload_lora, once at start-up")
@@ -153,6 +160,42 @@ def measure_serving(rows: DeploymentRows, bb: Any, *, effects: Sequence[Any], te
              note=f"{'route + ' if n_collections > 1 else ''}{s.fast_steps} steps, fused CollectionLoRA, batch 1")
     rows.add("ours", "peak_memory_bytes", mem, higher=False, note=pm.kind)
     unfuse_collection(t, fused)  # leave the backbone's base weights as they were
+
+
+def measure_hotswapped_collections(rows: DeploymentRows, t: Any, device: str, order: Sequence[int], *,
+                                   ours: Sequence[Path], capacity: int, router: Any, request_text: Any,
+                                   gen_image: Any, effects: Sequence[Any], steps: int, sampler: str) -> None:
+    """Serving ``ours`` past capacity the way the baseline serves its LoRAs: the collection a request
+    routes to is hotswapped into a slot (all collections share one rank and targets, so no slot
+    preparation is needed) and left unfused; a swap is paid only when the collection changes."""
+    load_adapter(t, ours[collection_of(order[0], capacity)], "collection")
+    t.set_adapters(["collection"])
+    held = collection_of(order[0], capacity)
+    switch, e2e, mem = [], [], []
+    for k, i in enumerate(order):
+        text = request_text(i)
+        prompt = getattr(effects[i], "recaption_prompt_with_trigword", None) or effects[i].prompt
+        c = collection_of(i, capacity)
+        with PeakMemory(device) as pm:
+            t_route, _ = timed(lambda: router.route(text), device)
+            t_swap = 0.0
+            if c != held:
+                t_swap, _ = timed(lambda: load_adapter(t, ours[c], "collection", hotswap=True), device)
+                held = c
+            t_gen, _ = timed(lambda: gen_image(prompt, steps=steps, cfg_scale=1.0, sampler=sampler), device)
+        if k == 0:
+            continue
+        if t_swap:
+            switch.append(t_swap)
+        e2e.append(t_route + t_swap + t_gen)
+        mem.append(pm.peak)
+    if switch:  # none when every timed request happened to route to the collection already held
+        rows.add("ours_hotswap", "switch_hotswap_s", switch, higher=False,
+                 note="diffusers hotswap=True of one CollectionLoRA into the slot of another")
+    rows.add("ours_hotswap", "e2e_latency_s", e2e, higher=False,
+             note=f"route + hotswap when the collection changes + {steps} steps through unfused LoRA layers, batch 1")
+    rows.add("ours_hotswap", "peak_memory_bytes", mem, higher=False, note=pm.kind)
+    t.delete_adapters(["collection"])
 
 
 def fuse_collection(transformer: Any, file: Path) -> None:
