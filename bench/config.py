@@ -45,8 +45,9 @@ class WorldConfig:
     # only for spatial choices (checker phase added, 4 px checker cells), the general edits on
     # their own random stream (the base key no longer follows the effects: ``general_identity``).
     # 5: the effects the learnability gate found to test nothing left out (``GATE_DROPPED``; the
-    # others keep their rows, so teachers and gate entries of version 4 are reused).
-    version: int = 5
+    # others keep their rows, so teachers and gate entries of version 4 are reused). 6: one more
+    # (gate version 2, first 50 effects), the same way.
+    version: int = 6
 
 
 @dataclass(frozen=True)

@@ -560,7 +560,7 @@ def per_effect_table(rows: pd.DataFrame, by: str = "method") -> str:
 # deployment --------------------------------------------------------------------------------------
 
 DEPLOY_METHOD = {"baseline": "Baseline (N LoRAs + Lightning)", "ours": "Ours (⌈N/capacity⌉ CollectionLoRAs)",
-                 "ours_hotswap": "Ours, hotswapped (CollectionLoRAs swapped unfused, past capacity)",
+                 "ours_hotswap": "Ours, hotswapped (unfused CollectionLoRAs, past capacity)",
                  "base": "Base (true CFG, per-effect LoRA)"}
 
 

@@ -26,8 +26,9 @@ $PY -m bench.run --grid main --effects 50 --jobs "$JOBS" --out "$RUNS"
 $PY -m bench.run --grid ablation --effects 50 --jobs "$JOBS" --out "$RUNS"
 # ... so the curves only evaluate them
 $PY -m bench.run --grid curves --effects 50 --jobs "$JOBS" --out "$RUNS"
-# deployment cost at 10 / 20 / 50 / 100 / 150 effects (trains nothing: storage, routing, switching)
-$PY -m bench.run --grid deployment --jobs "$JOBS" --out "$RUNS"
+# deployment cost at 10 / 20 / 50 / 100 / 150 effects (trains nothing: storage, routing, switching);
+# one cell at a time, so no latency is timed beside another job
+$PY -m bench.run --grid deployment --jobs 1 --out "$RUNS"
 $PY -m bench.report "$RUNS"
 rm -rf "$OUT/report_assets" "$OUT/cells"
 cp -r "$RUNS/report.md" "$RUNS/report_assets" "$OUT/"
