@@ -119,6 +119,20 @@ def test_plan_submits_only_missing_stages_and_unfinished_cells(tmp_path: Path) -
     assert p2.done == [done] and len(p2.cells) == 7
 
 
+def test_plan_builds_a_missing_synthetic_world_so_cached_teachers_are_not_resubmitted(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cells = [tiny(n_effects=2, method="base")]
+    first = plan(cells, tmp_path / "out", cache)
+    assert len(first.shared["teachers"]) == 2
+    for key in first.shared["teachers"]:  # the teachers are built ...
+        (cache / "teachers" / key).mkdir(parents=True)
+        (cache / "teachers" / key / "DONE").write_text("")
+    shutil.rmtree(cache / "world")  # ... and the world is gone (a new world version keeps its teachers)
+    again = plan(cells, tmp_path / "out2", cache)
+    assert not again.shared["teachers"], "a cached teacher must not become a job"
+    assert any((cache / "world").iterdir())
+
+
 def _storage_rows(cell) -> pd.DataFrame:  # noqa: ANN001 -- a stand-in for DeploymentCell.run
     ident = {c: "" for c in COLUMNS} | {"run": cell_id(cell), "ablation": "none", "components": "{}",
                                         "preset": cell.preset, "n_effects": cell.n_effects, "sample": 0,
