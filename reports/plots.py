@@ -62,13 +62,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _means_with_intervals(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per group of ``by``: the mean and its 95 % cluster-bootstrap interval over test sources
+    (columns value, lo, hi, n), the same interval the tables print."""
+    out = []
+    for key, group in rows.groupby(by):
+        ci = stats.bootstrap_ci(stats.cluster_means(group))
+        out.append({**dict(zip(by, key)), "value": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n})
+    return pd.DataFrame(out, columns=[*by, "value", "lo", "hi", "n"])
+
+
+def _band(ax, x, m: pd.DataFrame, line) -> None:  # noqa: ANN001
+    ax.fill_between(x, m.lo, m.hi, color=line.get_color(), alpha=0.12, linewidth=0)
+
+
 def training_curves(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
-    """``role``'s metric vs distillation step, one line per ablation. ``rows`` carry a ``step`` column."""
+    """``role``'s metric vs distillation step, one line per ablation, its 95 % interval shaded.
+    ``rows`` carry a ``step`` column."""
     c = _role_column(rows, role)
     if c is None or "step" not in rows.columns:
         return None
     ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
-    means = ok.groupby(["ablation", "step"])["value"].mean().reset_index()
+    means = _means_with_intervals(ok, ["ablation", "step"])
     if means.empty:
         return None
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
@@ -77,12 +92,13 @@ def training_curves(rows: pd.DataFrame, role: str, path: Path) -> Path | None:
         m = means[means.ablation == ab].sort_values("step")
         # own marker and dash per row, earlier rows drawn larger: rows that coincide (e.g. a
         # component that changes nothing at this scale) stay visible instead of hiding each other
-        ax.plot(m.step, m.value, marker=LINE_MARKERS[k % len(LINE_MARKERS)], markersize=9 - k,
-                linestyle=LINE_STYLES[k % len(LINE_STYLES)], label=ABLATION_NAMES.get(ab, f"off: {ab}"))
+        (line,) = ax.plot(m.step, m.value, marker=LINE_MARKERS[k % len(LINE_MARKERS)], markersize=9 - k,
+                          linestyle=LINE_STYLES[k % len(LINE_STYLES)], label=ABLATION_NAMES.get(ab, f"off: {ab}"))
+        _band(ax, m.step, m, line)
     ax.set_xlabel("distillation step (critic updates)")
     ax.set_xticks(sorted(means.step.unique()))
     ax.set_ylabel(f"{c.metric} {c.arrow}")
-    ax.set_title(f"{role}-role metric vs step ({c.metric})")
+    ax.set_title(f"{role}-role metric vs step ({c.metric}; shaded: 95 % interval)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -94,7 +110,7 @@ def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: boo
     if c is None:
         return None
     ok = rows[(rows.status == "ok") & (rows.metric == c.metric)]
-    means = ok.groupby(["method", "n_effects"])["value"].mean().reset_index()
+    means = _means_with_intervals(ok, ["method", "n_effects"])
     if means.empty:
         return None
     panels = 2 if with_paper and role == "CLIP" else 1
@@ -102,10 +118,11 @@ def scaling_curves(rows: pd.DataFrame, role: str, path: Path, *, with_paper: boo
     ax = axes[0, 0]
     for m in method_order(means.method.unique()):
         sub = means[means.method == m].sort_values("n_effects")
-        ax.plot(sub.n_effects, sub.value, marker="o", label=label(m))
+        (line,) = ax.plot(sub.n_effects, sub.value, marker="o", label=label(m))
+        _band(ax, sub.n_effects, sub, line)
     _effects_axis(ax, means.n_effects.unique())
     ax.set_ylabel(f"{c.metric} {c.arrow}")
-    ax.set_title(f"this run: {role}-role ({c.metric})")
+    ax.set_title(f"this run: {role}-role ({c.metric}; shaded: 95 % interval)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if panels == 2:
